@@ -1,0 +1,58 @@
+"""`vla-align`: one command, one subcommand per thing a user does from a shell.
+
+Each subcommand lives in the module that owns the work; that module exposes
+``configure_parser(parser)`` and ``run(args) -> int``. Modules are imported only when their
+subcommand runs, so ``vla-align --help`` stays fast and needs neither torch nor rclpy.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    'demo': ('vla_align.sim.demo', 'run one scripted-expert episode in the simulator'),
+    'collect': ('vla_align.data.collect', 'collect scripted-expert demonstrations as rosbag2'),
+    'inspect-bag': ('vla_align.data.inspect', 'summarise a rosbag2 episode (topics, counts)'),
+    'train': ('vla_align.train.cli', 'train a policy on collected demonstrations'),
+    'eval-sim': ('vla_align.evaluation.sim_eval', 'closed-loop success rates in simulation'),
+    'eval-bag': ('vla_align.evaluation.bag_eval', 'score a policy against recorded bags'),
+    'bench': ('vla_align.evaluation.bench', 'measure latency and throughput'),
+    'up': ('vla_align.ros.launcher', 'start the ROS 2 node graph from a YAML config'),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='vla-align',
+        description='Language-conditioned manipulation: simulate, collect, train, evaluate, '
+                    'and run the ROS 2 node graph.')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    for name, (_module_name, summary) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ('-h', '--help') or argv[0] not in SUBCOMMANDS:
+        if argv and argv[0] not in ('-h', '--help'):
+            parser.print_usage(sys.stderr)
+            print(f'vla-align: unknown command {argv[0]!r}', file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module_name, summary = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    sub_parser = argparse.ArgumentParser(prog=f'vla-align {name}', description=summary)
+    module.configure_parser(sub_parser)
+    args = sub_parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

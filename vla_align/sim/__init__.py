@@ -1,0 +1,1 @@
+"""PyBullet world: Panda + IK controller, scenes, task families, scripted experts."""
