@@ -25,9 +25,10 @@ class CameraConfig:
 
     width: int = 128
     height: int = 128
-    fov_deg: float = 60.0  # vertical field of view
-    eye: tuple[float, float, float] = (1.05, 0.0, 0.75)
-    target: tuple[float, float, float] = (0.45, 0.0, 0.0)
+    fov_deg: float = 42.0  # vertical field of view
+    #: Default view: across the table, facing the robot, so the workspace fills the frame.
+    eye: tuple[float, float, float] = (0.88, 0.0, 0.62)
+    target: tuple[float, float, float] = (0.48, 0.0, 0.0)
     up: tuple[float, float, float] = (0.0, 0.0, 1.0)
     near: float = 0.05
     far: float = 3.0

@@ -1,0 +1,83 @@
+"""End-effector delta controller: 7-DoF actions -> IK targets -> Panda motors.
+
+The controller keeps a *commanded* pose that each action moves by its (clamped) deltas;
+the commanded position is clipped to a box over the table so no action, however large or
+repeated, can drive the hand into the table or out of reach. Between two control steps the
+physics runs ``physics_hz / control_hz`` substeps with the IK solution as motor targets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pybullet_utils.bullet_client import BulletClient
+
+from vla_align.actions import GRIPPER, ROTATION, TRANSLATION, ActionLimits
+from vla_align.sim.robot import Panda
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Axis-aligned box (base frame, metres) the commanded grasp point must stay inside.
+
+    The table top is at z = 0; ``low[2]`` keeps the fingertips just above it.
+    """
+
+    low: tuple[float, float, float] = (0.25, -0.35, 0.012)
+    high: tuple[float, float, float] = (0.80, 0.35, 0.40)
+
+    def __post_init__(self) -> None:
+        if not all(lo < hi for lo, hi in zip(self.low, self.high, strict=True)):
+            raise ValueError(f'workspace low {self.low} must be below high {self.high}')
+
+    def clip(self, position: np.ndarray) -> np.ndarray:
+        return np.clip(np.asarray(position, dtype=np.float64), self.low, self.high)
+
+    def contains(self, position: np.ndarray, atol: float = 1e-9) -> bool:
+        p = np.asarray(position, dtype=np.float64)
+        return bool(np.all(p >= np.array(self.low) - atol)
+                    and np.all(p <= np.array(self.high) + atol))
+
+
+class EndEffectorController:
+    """Applies actions of ``vla_align.actions`` to a ``Panda`` at a fixed control rate."""
+
+    def __init__(self, client: BulletClient, robot: Panda, limits: ActionLimits,
+                 workspace: Workspace, substeps: int) -> None:
+        if substeps < 1:
+            raise ValueError(f'substeps must be >= 1, got {substeps}')
+        self._client = client
+        self._robot = robot
+        self.limits = limits
+        self.workspace = workspace
+        self.substeps = substeps
+        self.target_position, self.target_orientation = robot.ee_pose()
+        self.gripper = 0.0
+
+    def reset(self) -> None:
+        """Take the current hand pose as the commanded pose, gripper open."""
+        position, self.target_orientation = self._robot.ee_pose()
+        self.target_position = self.workspace.clip(position)
+        self.gripper = 0.0
+
+    def apply(self, action: np.ndarray) -> np.ndarray:
+        """Clamp ``action``, move the commanded pose, run the substeps; returns the clamped action.
+
+        Raises ``UnsafeActionError`` (before anything moves) for a non-finite or misshaped
+        action: there is no safe way to apply a NaN.
+        """
+        safe = self.limits.clamp(action)
+        self.target_position = self.workspace.clip(self.target_position
+                                                   + safe[TRANSLATION].astype(np.float64))
+        rotation = self._client.getQuaternionFromEuler(safe[ROTATION].astype(np.float64))
+        _, orientation = self._client.multiplyTransforms(
+            (0.0, 0.0, 0.0), rotation, (0.0, 0.0, 0.0), self.target_orientation)
+        orientation = np.array(orientation, dtype=np.float64)
+        self.target_orientation = orientation / np.linalg.norm(orientation)
+        self.gripper = float(safe[GRIPPER])
+        self._robot.command_arm(self._robot.solve_ik(self.target_position,
+                                                     self.target_orientation))
+        self._robot.command_gripper(self.gripper)
+        for _ in range(self.substeps):
+            self._client.stepSimulation()
+        return safe

@@ -1,0 +1,95 @@
+"""Closed-loop episodes: the scripted expert (demonstrations) or any policy (evaluation)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from vla_align.actions import UnsafeActionError, hold_action
+from vla_align.data.episode import Episode
+from vla_align.sim.env import ManipulationEnv
+from vla_align.sim.types import Observation, TaskSpec
+
+
+@dataclass
+class EpisodeOutcome:
+    """Result of one policy episode."""
+
+    success: bool
+    steps: int
+    episode: Optional[Episode] = None  # only with record=True
+    unsafe_actions: int = 0  # non-finite/misshaped actions replaced by a hold
+
+
+class _Recorder:
+    """Collects (observation, action) pairs; ``actions[t]`` follows ``images[t]``."""
+
+    def __init__(self) -> None:
+        self.observations: list[Observation] = []
+        self.actions: list[np.ndarray] = []
+
+    def add(self, observation: Observation, action: np.ndarray) -> None:
+        self.observations.append(observation)
+        self.actions.append(np.asarray(action, dtype=np.float32))
+
+    def episode(self, env: ManipulationEnv, task: TaskSpec, seed: int, success: bool,
+                **metadata: object) -> Episode:
+        obs = self.observations
+        return Episode(
+            task=task, seed=seed,
+            images=np.stack([o.image for o in obs]).astype(np.uint8),
+            actions=np.stack(self.actions).astype(np.float32),
+            ee_positions=np.stack([o.ee_position for o in obs]).astype(np.float32),
+            ee_orientations=np.stack([o.ee_orientation for o in obs]).astype(np.float32),
+            grippers=np.array([o.gripper for o in obs], dtype=np.float32),
+            joint_positions=np.stack([o.joint_positions for o in obs]).astype(np.float32),
+            success=success, control_hz=env.config.control_hz, camera=env.camera,
+            metadata={'max_steps': env.max_steps, **metadata})
+
+
+def run_expert_episode(env: ManipulationEnv, task: TaskSpec, seed: int) -> Episode:
+    """One scripted-expert episode; each recorded frame and state precede the action taken."""
+    observation = env.reset(seed, task)
+    recorder = _Recorder()
+    success = False
+    while True:
+        action = env.expert_action()
+        recorder.add(observation, action)
+        result = env.step(action)
+        observation, success = result.observation, bool(result.info['success'])
+        if result.done:
+            break
+    return recorder.episode(env, task, seed, success, source='expert')
+
+
+def run_policy_episode(env: ManipulationEnv, task: TaskSpec, seed: int,
+                       act: Callable[[Observation], np.ndarray],
+                       record: bool = False) -> EpisodeOutcome:
+    """Run ``act`` closed-loop until success or the step budget.
+
+    An action the env refuses (non-finite or wrong shape) is replaced by a zero-motion hold
+    and counted in ``unsafe_actions``; the episode goes on, as on the robot.
+    """
+    observation = env.reset(seed, task)
+    recorder = _Recorder() if record else None
+    unsafe = 0
+    while True:
+        action = act(observation)
+        try:
+            result = env.step(action)
+        except UnsafeActionError:
+            unsafe += 1
+            result = env.step(hold_action(observation.gripper))
+        applied = result.info['applied_action']
+        if recorder is not None:
+            recorder.add(observation, applied)
+        observation = result.observation
+        if result.done:
+            break
+    success = bool(result.info['success'])
+    episode = (recorder.episode(env, task, seed, success, source='policy')
+               if recorder is not None else None)
+    return EpisodeOutcome(success=success, steps=env.step_count, episode=episode,
+                          unsafe_actions=unsafe)
