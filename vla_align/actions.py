@@ -12,6 +12,8 @@ import numpy as np
 
 ACTION_LABELS: tuple[str, ...] = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
 ACTION_DIM = len(ACTION_LABELS)
+#: Label of the single dimension of a Float32MultiArray action message.
+ACTION_LAYOUT_LABEL = ','.join(ACTION_LABELS)
 TRANSLATION = slice(0, 3)
 ROTATION = slice(3, 6)
 GRIPPER = 6

@@ -1,0 +1,352 @@
+"""One ``Episode`` <-> one rosbag2 folder (mcap or sqlite3), with the topics of DESIGN.md §3.
+
+Layout of a bag written by ``write_episode_bag`` (names from ``BagTopics``):
+
+=========================  ==============================  =============================
+topic                      type                            messages
+=========================  ==============================  =============================
+``/vla/episode``           std_msgs/String (JSON)          1, at the start time
+``/vla/instruction``       std_msgs/String                 1, at the start time
+``/camera/camera_info``    sensor_msgs/CameraInfo          one per control step
+``/camera/image_raw``      sensor_msgs/Image (rgb8)        one per control step
+``/joint_states``          sensor_msgs/JointState          one per control step
+``/vla/ee_pose``           geometry_msgs/PoseStamped       one per control step
+``/vla/gripper``           std_msgs/Float32                one per control step
+``/vla/action``            std_msgs/Float32MultiArray      one per control step
+=========================  ==============================  =============================
+
+Time: step ``t`` is stamped ``start_ns + round(t * 1e9 / control_hz)`` in every header and as
+the bag log time; messages without a header (action, gripper) carry the stamp of the image of
+their step as log time, so an action is always paired with the frame it was computed from.
+``start_ns`` defaults to 1 s (``DEFAULT_START_NS``) so that bags are byte-for-byte reproducible.
+
+Format version: bags are written as rosbag2 metadata **version 8** (``BAG_VERSION``). Jazzy
+writes version 8 and Kilted reads it; version 9 (Kilted's own) stores offered QoS profiles as a
+YAML list that Jazzy's parser cannot read. Humble's parser reads only the fields it knows (up to
+version 5) and does not reject higher numbers, but reading mcap there needs the
+``rosbag2_storage_mcap`` plugin (sqlite3 is built in). We checked the Jazzy/Kilted metadata
+parsers' source, not a Humble install.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+import json
+from pathlib import Path
+import shutil
+from typing import Any
+
+import numpy as np
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
+from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
+from rosbags.serde import SerdeError
+import yaml
+
+from vla_align.data import ros_messages as rm
+from vla_align.data.episode import Episode
+from vla_align.ros import topics as topics_contract
+from vla_align.sim.types import PANDA_JOINT_NAMES, CameraConfig, TaskSpec
+
+BAG_VERSION = 8
+DEFAULT_START_NS = 1_000_000_000
+#: Robot base frame of end-effector poses and joint states.
+BASE_FRAME = 'panda_link0'
+#: Bumped when the bag layout changes; stored in metadata.yaml ``custom_data``.
+LAYOUT_VERSION = '1'
+STORAGES: tuple[str, ...] = ('mcap', 'sqlite3')
+
+
+@dataclass(frozen=True)
+class BagTopics:
+    """Topic names used in episode bags; defaults are the node graph's (``vla_align.ros.topics``).
+
+    ``episode`` exists only in bags: the JSON record of what the episode was (task, seed, success).
+    """
+
+    image: str = topics_contract.IMAGE
+    camera_info: str = topics_contract.CAMERA_INFO
+    instruction: str = topics_contract.INSTRUCTION
+    action: str = topics_contract.ACTION
+    joint_states: str = topics_contract.JOINT_STATES
+    ee_pose: str = topics_contract.EE_POSE
+    gripper: str = topics_contract.GRIPPER
+    episode: str = '/vla/episode'
+
+    def __post_init__(self) -> None:
+        names = self.per_step() + self.once()
+        if len(set(names)) != len(names) or not all(n.startswith('/') for n in names):
+            raise ValueError(f'bag topics must be distinct absolute names, got {names}')
+
+    def per_step(self) -> tuple[str, ...]:
+        """Topics with exactly one message per control step."""
+        return (self.camera_info, self.image, self.joint_states, self.ee_pose, self.gripper,
+                self.action)
+
+    def once(self) -> tuple[str, ...]:
+        """Topics with exactly one message per episode."""
+        return (self.episode, self.instruction)
+
+
+DEFAULT_TOPICS = BagTopics()
+
+
+@dataclass
+class BagStats:
+    """What a bag holds: messages per topic (written, or counted when read back)."""
+
+    path: Path
+    storage: str
+    message_counts: dict[str, int]
+    duration_ns: int
+    start_ns: int
+
+    @property
+    def total_messages(self) -> int:
+        return sum(self.message_counts.values())
+
+
+def _qos(reliability: QosReliability, durability: QosDurability, history: QosHistory,
+         depth: int) -> Qos:
+    infinite = QosTime(0x7FFFFFFF, 0xFFFFFFFF)
+    return Qos(history, depth, reliability, durability, infinite, infinite,
+               QosLiveliness.AUTOMATIC, infinite, False)
+
+
+#: Offered QoS recorded per topic role, so ``ros2 bag play`` republishes with DESIGN.md QoS.
+SENSOR_QOS = _qos(QosReliability.BEST_EFFORT, QosDurability.VOLATILE, QosHistory.KEEP_LAST, 1)
+LATCHED_QOS = _qos(QosReliability.RELIABLE, QosDurability.TRANSIENT_LOCAL,
+                   QosHistory.KEEP_LAST, 1)
+#: rclpy's default profile (reliable, volatile, keep last 10).
+DEFAULT_QOS = _qos(QosReliability.RELIABLE, QosDurability.VOLATILE, QosHistory.KEEP_LAST, 10)
+
+
+def _topic_types(topics: BagTopics) -> dict[str, tuple[str, Qos]]:
+    """topic -> (message type, offered QoS), in the order connections are created."""
+    return {
+        topics.episode: (rm.STRING, LATCHED_QOS),
+        topics.instruction: (rm.STRING, LATCHED_QOS),
+        topics.camera_info: (rm.CAMERA_INFO, SENSOR_QOS),
+        topics.image: (rm.IMAGE, SENSOR_QOS),
+        topics.joint_states: (rm.JOINT_STATE, DEFAULT_QOS),
+        topics.ee_pose: (rm.POSE_STAMPED, DEFAULT_QOS),
+        topics.gripper: (rm.FLOAT32, DEFAULT_QOS),
+        topics.action: (rm.FLOAT32_MULTI_ARRAY, DEFAULT_QOS),
+    }
+
+
+def step_stamps_ns(num_steps: int, control_hz: float,
+                   start_ns: int = DEFAULT_START_NS) -> np.ndarray:
+    """(T,) int64 stamps of control steps: ``start_ns + round(t * 1e9 / control_hz)``."""
+    if not control_hz > 0:
+        raise ValueError(f'control_hz must be positive, got {control_hz!r}')
+    return start_ns + np.round(np.arange(num_steps) * (1e9 / control_hz)).astype(np.int64)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f'{type(value).__name__} is not JSON serializable')
+
+
+def episode_metadata_json(episode: Episode) -> str:
+    """The ``/vla/episode`` payload: everything in an Episode that is not a per-step array."""
+    payload = {
+        'layout_version': LAYOUT_VERSION,
+        'task': episode.task.to_dict(),
+        'seed': int(episode.seed),
+        'split': episode.task.split,
+        'success': bool(episode.success),
+        'num_steps': len(episode),
+        'control_hz': float(episode.control_hz),
+        'camera': asdict(episode.camera),
+        'metadata': episode.metadata,
+    }
+    try:
+        return json.dumps(payload, default=_json_default, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'episode metadata cannot be stored as JSON: {exc}') from None
+
+
+def write_episode_bag(episode: Episode, path: Path, storage: str = 'mcap',
+                      topics: BagTopics = DEFAULT_TOPICS,
+                      start_ns: int = DEFAULT_START_NS) -> BagStats:
+    """Write ``episode`` as a new rosbag2 folder at ``path`` (which must not exist).
+
+    ``storage`` is ``'mcap'`` (default) or ``'sqlite3'``. Returns the messages written per
+    topic, which a reader can compare against to prove nothing was lost.
+    """
+    path = Path(path)
+    if storage not in STORAGES:
+        raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
+    if path.exists():
+        raise ValueError(f'{path} already exists; a bag is always written to a new folder')
+    if len(episode) == 0:
+        raise ValueError('cannot write an episode with no steps')
+    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+    stamps = step_stamps_ns(len(episode), episode.control_hz, start_ns)
+    metadata_text = episode_metadata_json(episode)
+    counts: dict[str, int] = defaultdict(int)
+    writer = Writer(path, version=BAG_VERSION, storage_plugin=plugin)
+    writer.set_custom_data('vla_align.layout_version', LAYOUT_VERSION)
+    try:
+        with writer:
+            connections = {
+                topic: writer.add_connection(topic, msgtype, typestore=rm.TYPESTORE,
+                                             offered_qos_profiles=[qos])
+                for topic, (msgtype, qos) in _topic_types(topics).items()}
+
+            def put(topic: str, stamp_ns: int, message: Any) -> None:
+                writer.write(connections[topic], int(stamp_ns), rm.serialize(message))
+                counts[topic] += 1
+
+            put(topics.episode, start_ns, rm.string_msg(metadata_text))
+            put(topics.instruction, start_ns, rm.string_msg(episode.task.instruction))
+            camera = episode.camera
+            for t, stamp in enumerate(stamps):
+                put(topics.camera_info, stamp, rm.camera_info_msg(camera, stamp))
+                put(topics.image, stamp,
+                    rm.image_msg(episode.images[t], stamp, camera.frame_id))
+                put(topics.joint_states, stamp,
+                    rm.joint_state_msg(PANDA_JOINT_NAMES, episode.joint_positions[t], stamp))
+                put(topics.ee_pose, stamp,
+                    rm.pose_msg(episode.ee_positions[t], episode.ee_orientations[t], stamp,
+                                BASE_FRAME))
+                put(topics.gripper, stamp, rm.float32_msg(episode.grippers[t]))
+                put(topics.action, stamp, rm.action_msg(episode.actions[t]))
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)  # never leave a bag without its metadata
+        raise
+    return BagStats(path=path, storage=storage, message_counts=dict(counts),
+                    duration_ns=int(stamps[-1] - start_ns), start_ns=int(start_ns))
+
+
+def open_bag_reader(path: Path) -> Reader:
+    """An opened ``rosbags`` Reader (close it); ``ValueError`` naming what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f'no rosbag2 at {path}: the path does not exist')
+    if not (path / 'metadata.yaml').is_file():
+        raise ValueError(f'{path} is not a rosbag2 folder (it has no metadata.yaml)')
+    try:
+        reader = Reader(path)
+        reader.open()
+    except (ReaderError, OSError, KeyError) as exc:
+        raise ValueError(f'cannot open rosbag2 {path}: {exc}') from None
+    return reader
+
+
+def bag_stats(path: Path) -> BagStats:
+    """Counts per topic found by reading every message (not the metadata's claims)."""
+    reader = open_bag_reader(path)
+    try:
+        counts = {topic: 0 for topic in reader.topics}
+        first, last = None, None
+        for connection, timestamp, _data in reader.messages():
+            counts[connection.topic] += 1
+            first = timestamp if first is None else min(first, timestamp)
+            last = timestamp if last is None else max(last, timestamp)
+    except (ReaderError, OSError) as exc:
+        raise ValueError(f'cannot read rosbag2 {path}: {exc}') from None
+    finally:
+        reader.close()
+    return BagStats(path=Path(path), storage=bag_storage(path), message_counts=counts,
+                    duration_ns=0 if first is None else last - first,
+                    start_ns=0 if first is None else first)
+
+
+def bag_storage(path: Path) -> str:
+    """The storage plugin named in a bag's metadata.yaml (``'mcap'``, ``'sqlite3'``...)."""
+    info = yaml.safe_load((Path(path) / 'metadata.yaml').read_text())
+    return str(info['rosbag2_bagfile_information']['storage_identifier'])
+
+
+def read_bag_messages(path: Path, wanted: dict[str, str]) -> dict[str, list[tuple[int, Any]]]:
+    """Deserialized ``(log_time_ns, message)`` lists per topic, each sorted by log time.
+
+    ``wanted`` maps topic -> expected message type; a missing topic or another type is a
+    ``ValueError`` that names the topic.
+    """
+    reader = open_bag_reader(path)
+    try:
+        if reader.message_count == 0:
+            raise ValueError(f'rosbag2 {path} is empty (0 messages)')
+        available = reader.topics
+        missing = [topic for topic in wanted if topic not in available]
+        if missing:
+            raise ValueError(f'rosbag2 {path} lacks required topics {missing} '
+                             f'(it has {sorted(available)})')
+        for topic, msgtype in wanted.items():
+            if available[topic].msgtype != msgtype:
+                raise ValueError(f'topic {topic} in {path} has type '
+                                 f'{available[topic].msgtype}, expected {msgtype}')
+        connections = [c for c in reader.connections if c.topic in wanted]
+        messages: dict[str, list[tuple[int, Any]]] = {topic: [] for topic in wanted}
+        for connection, timestamp, data in reader.messages(connections=connections):
+            messages[connection.topic].append(
+                (timestamp, rm.deserialize(data, connection.msgtype)))
+    except (ReaderError, SerdeError, OSError) as exc:
+        raise ValueError(f'cannot read rosbag2 {path}: {exc}') from None
+    finally:
+        reader.close()
+    for items in messages.values():
+        items.sort(key=lambda item: item[0])
+    return messages
+
+
+def read_episode_bag(path: Path, topics: BagTopics = DEFAULT_TOPICS) -> Episode:
+    """The exact inverse of ``write_episode_bag``: arrays, task, seed and success restored."""
+    types = {topic: msgtype for topic, (msgtype, _qos) in _topic_types(topics).items()}
+    messages = read_bag_messages(path, types)
+    num_steps = len(messages[topics.image])
+    if num_steps == 0:
+        raise ValueError(f'rosbag2 {path} has no images on {topics.image}')
+    for topic in topics.per_step():
+        if len(messages[topic]) != num_steps:
+            raise ValueError(f'rosbag2 {path}: {topic} has {len(messages[topic])} messages but '
+                             f'{topics.image} has {num_steps}; one message per step expected')
+    try:
+        info = json.loads(messages[topics.episode][-1][1].data)
+        task = TaskSpec.from_dict(info['task'])
+        camera_fields = {key: tuple(value) if isinstance(value, list) else value
+                         for key, value in info['camera'].items()}
+        camera = CameraConfig(**camera_fields)
+        seed, success = int(info['seed']), bool(info['success'])
+        control_hz = float(info['control_hz'])
+        extra = dict(info.get('metadata', {}))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f'rosbag2 {path}: {topics.episode} does not hold episode metadata '
+                         f'JSON ({exc!r})') from None
+    instruction = messages[topics.instruction][-1][1].data
+    if instruction != task.instruction:
+        raise ValueError(f'rosbag2 {path}: {topics.instruction} says {instruction!r} but the '
+                         f'episode task says {task.instruction!r}')
+
+    def per_step(topic: str) -> list[Any]:
+        return [message for _stamp, message in messages[topic]]
+
+    poses = [rm.pose_from_msg(msg) for msg in per_step(topics.ee_pose)]
+    return Episode(
+        task=task,
+        seed=seed,
+        images=np.stack([rm.image_from_msg(msg) for msg in per_step(topics.image)]),
+        actions=np.stack([rm.action_from_msg(msg) for msg in per_step(topics.action)]),
+        ee_positions=np.array([pos for pos, _quat in poses], dtype=np.float32),
+        ee_orientations=np.array([quat for _pos, quat in poses], dtype=np.float32),
+        grippers=np.array([msg.data for msg in per_step(topics.gripper)], dtype=np.float32),
+        joint_positions=np.array(
+            [rm.joint_positions_from_msg(msg, PANDA_JOINT_NAMES)
+             for msg in per_step(topics.joint_states)], dtype=np.float32),
+        success=success,
+        control_hz=control_hz,
+        camera=camera,
+        metadata=extra,
+    )

@@ -1,0 +1,108 @@
+"""`vla-align inspect-bag PATH`: what a rosbag2 holds, and which episode it records.
+
+Works on any rosbag2 folder (mcap or sqlite3); the episode block is printed when the bag has the
+``/vla/episode`` metadata topic written by ``vla_align.data.bag_io``.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+import json
+from pathlib import Path
+import sys
+from typing import Any, Optional
+
+from rosbags.rosbag2 import ReaderError
+from rosbags.serde import SerdeError
+
+from vla_align.data import ros_messages as rm
+from vla_align.data.bag_io import DEFAULT_TOPICS, BagTopics, bag_storage, open_bag_reader
+
+
+@dataclass
+class TopicSummary:
+    name: str
+    msgtype: str
+    count: int
+
+
+@dataclass
+class BagSummary:
+    """Header facts of a bag, from its metadata, plus the episode record if it has one."""
+
+    path: Path
+    storage: str
+    start_ns: int
+    duration_ns: int
+    topics: list[TopicSummary]
+    episode: Optional[dict[str, Any]]
+
+    @property
+    def message_count(self) -> int:
+        return sum(topic.count for topic in self.topics)
+
+
+def summarize_bag(path: Path, topics: BagTopics = DEFAULT_TOPICS) -> BagSummary:
+    """Read a bag's metadata and its ``/vla/episode`` record (``ValueError`` if unreadable)."""
+    reader = open_bag_reader(path)
+    try:
+        listed = [TopicSummary(name, info.msgtype or '?', info.msgcount)
+                  for name, info in sorted(reader.topics.items())]
+        empty = reader.message_count == 0
+        start_ns = 0 if empty else reader.start_time
+        duration_ns = 0 if empty else reader.end_time - reader.start_time - 1
+        episode = None
+        connections = [c for c in reader.connections
+                       if c.topic == topics.episode and c.msgtype == rm.STRING]
+        for _connection, _timestamp, data in reader.messages(connections=connections):
+            try:
+                episode = json.loads(rm.deserialize(data, rm.STRING).data)
+            except json.JSONDecodeError:
+                episode = None
+    except (ReaderError, SerdeError, OSError) as exc:
+        raise ValueError(f'cannot read rosbag2 {path}: {exc}') from None
+    finally:
+        reader.close()
+    return BagSummary(path=Path(path), storage=bag_storage(path), start_ns=start_ns,
+                      duration_ns=duration_ns, topics=listed, episode=episode)
+
+
+def format_summary(summary: BagSummary) -> str:
+    lines = [f'bag:       {summary.path}',
+             f'storage:   {summary.storage}',
+             f'duration:  {summary.duration_ns / 1e9:.3f} s '
+             f'(start {summary.start_ns / 1e9:.3f} s)',
+             f'messages:  {summary.message_count}',
+             'topics:']
+    width = max((len(topic.name) for topic in summary.topics), default=0)
+    for topic in summary.topics:
+        lines.append(f'  {topic.name:<{width}}  {topic.count:>6}  {topic.msgtype}')
+    episode = summary.episode
+    if episode is None:
+        lines.append('episode:   (no episode record in this bag)')
+    else:
+        task = episode.get('task', {})
+        lines += [f'episode:   {task.get("family", "?")} / split {episode.get("split", "?")} '
+                  f'/ seed {episode.get("seed", "?")}',
+                  f'  instruction: {task.get("instruction", "?")!r}',
+                  f'  success:     {episode.get("success", "?")}',
+                  f'  steps:       {episode.get("num_steps", "?")} at '
+                  f'{episode.get("control_hz", "?")} Hz',
+                  f'  task:        {json.dumps(task, sort_keys=True)}']
+        if episode.get('metadata'):
+            lines.append(f'  metadata:    {json.dumps(episode["metadata"], sort_keys=True)}')
+    return '\n'.join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('path', type=Path, help='rosbag2 folder (the one with metadata.yaml)')
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        summary = summarize_bag(args.path)
+    except ValueError as exc:
+        print(f'vla-align inspect-bag: {exc}', file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
