@@ -1,0 +1,99 @@
+"""Action and proprioception normalisation statistics, computed from training data.
+
+The model regresses z-scored arm deltas and sees z-scored proprioception; the statistics travel
+inside every checkpoint (``normalization.json``) so the policy de-normalises exactly as trained.
+The gripper (action index 6) is never normalised: it is a probability target in [0, 1].
+Works on numpy arrays and torch tensors alike (broadcasting over leading dimensions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from vla_align.actions import ACTION_DIM, GRIPPER
+from vla_align.sim.types import STATE_DIM
+
+Array = TypeVar('Array')
+#: Std floor: a dimension the expert never moves (e.g. roll) must not blow up to huge z-scores.
+MIN_STD = 1e-3
+
+
+@dataclass(frozen=True)
+class NormalizationStats:
+    action_mean: np.ndarray  # (7,) float32, gripper entry 0
+    action_std: np.ndarray  # (7,) float32, gripper entry 1
+    state_mean: np.ndarray  # (STATE_DIM,) float32
+    state_std: np.ndarray  # (STATE_DIM,) float32
+
+    def __post_init__(self) -> None:
+        for name, size in (('action_mean', ACTION_DIM), ('action_std', ACTION_DIM),
+                           ('state_mean', STATE_DIM), ('state_std', STATE_DIM)):
+            value = np.asarray(getattr(self, name), dtype=np.float32)
+            if value.shape != (size,) or not np.all(np.isfinite(value)):
+                raise ValueError(f'normalization {name} must be {size} finite numbers, '
+                                 f'got {getattr(self, name)!r}')
+            object.__setattr__(self, name, value)
+        if np.any(self.action_std <= 0) or np.any(self.state_std <= 0):
+            raise ValueError('normalization std values must be positive')
+
+    @classmethod
+    def identity(cls) -> NormalizationStats:
+        """No-op statistics (a randomly initialised policy)."""
+        return cls(np.zeros(ACTION_DIM), np.ones(ACTION_DIM), np.zeros(STATE_DIM),
+                   np.ones(STATE_DIM))
+
+    @classmethod
+    def from_data(cls, actions: np.ndarray, states: np.ndarray) -> NormalizationStats:
+        """Statistics of (N, 7) actions and (N, STATE_DIM) states."""
+        actions = np.asarray(actions, dtype=np.float64)
+        states = np.asarray(states, dtype=np.float64)
+        if len(actions) == 0:
+            raise ValueError('cannot compute normalization statistics from zero frames')
+        a_mean, a_std = actions.mean(0), np.maximum(actions.std(0), MIN_STD)
+        a_mean[GRIPPER], a_std[GRIPPER] = 0.0, 1.0
+        return cls(a_mean, a_std, states.mean(0), np.maximum(states.std(0), MIN_STD))
+
+    def normalize_actions(self, actions: Array) -> Array:
+        return (actions - self._like(self.action_mean, actions)) / self._like(self.action_std,
+                                                                              actions)
+
+    def denormalize_actions(self, actions: Array) -> Array:
+        return actions * self._like(self.action_std, actions) + self._like(self.action_mean,
+                                                                           actions)
+
+    def normalize_states(self, states: Array) -> Array:
+        return (states - self._like(self.state_mean, states)) / self._like(self.state_std,
+                                                                           states)
+
+    @staticmethod
+    def _like(stat: np.ndarray, x: Any) -> Any:
+        """``stat`` as the same kind of array as ``x`` (torch tensor on x's device, or numpy)."""
+        if isinstance(x, np.ndarray):
+            return stat
+        import torch
+
+        return torch.as_tensor(stat, device=x.device, dtype=x.dtype)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {name: getattr(self, name).tolist()
+                for name in ('action_mean', 'action_std', 'state_mean', 'state_std')}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormalizationStats:
+        try:
+            return cls(**{k: data[k] for k in ('action_mean', 'action_std', 'state_mean',
+                                                'state_std')})
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f'normalization statistics need action_mean, action_std, '
+                             f'state_mean, state_std: {exc}') from exc
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + '\n')
+
+    @classmethod
+    def load(cls, path: str | Path) -> NormalizationStats:
+        return cls.from_dict(json.loads(Path(path).read_text()))
