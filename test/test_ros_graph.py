@@ -1,0 +1,127 @@
+"""The real node graph over DDS, one process per node, as `vla-align up` starts it."""
+import io
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+from geometry_msgs.msg import PoseStamped
+import numpy as np
+import pytest
+from rclpy.node import Node
+from std_msgs.msg import Float32MultiArray
+
+from vla_align.actions import ACTION_LAYOUT_LABEL, ActionLimits
+from vla_align.ros import qos, topics
+from vla_align.ros.graph_config import load_graph_config
+from vla_align.ros.latency_probe import ProbeConfig, measure_policy_node
+from vla_align.ros.launcher import GraphRunner, LineSink, graph_environment
+
+pytestmark = pytest.mark.ros
+pytest_plugins = ('ros_isolation',)  # fixtures: ros_environment, ros_context, spin
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM_GRAPH = ROOT / 'config' / 'sim_graph.yaml'
+LIMITS = ActionLimits(max_translation=0.03, max_rotation=0.15)  # config/sim_nodes.yaml
+
+
+def vla_align_up(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'vla_align.cli', 'up', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_closed_loop_with_a_random_policy_moves_the_arm_and_holds_when_the_sim_stops(
+        ros_context, spin):
+    config = load_graph_config(SIM_GRAPH).with_overrides([
+        'policy_node.source=random', 'policy_node.random_config=tiny',
+        'policy_node.device=cpu', 'sim_node.family=reach', 'sim_node.max_steps=400'])
+    log = io.StringIO()
+    graph = GraphRunner(config, graph_environment(config.settings), LineSink(log))
+    observer = Node('observer', context=ros_context)
+    actions, poses = [], []
+    observer.create_subscription(Float32MultiArray, topics.ACTION, actions.append,
+                                 qos.COMMANDS)
+    observer.create_subscription(PoseStamped, topics.EE_POSE, poses.append, qos.DEFAULT)
+    try:
+        graph.start()
+        moving = lambda: sum(np.any(np.array(m.data)[:6]) for m in actions) >= 15  # noqa: E731
+        assert spin([observer], 90.0, until=moving), log.getvalue()[-3000:]
+        for msg in actions:
+            assert [(d.label, d.size) for d in msg.layout.dim] == [(ACTION_LAYOUT_LABEL, 7)]
+            assert LIMITS.contains(np.array(msg.data))
+        positions = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z]
+                              for p in poses])
+        assert np.linalg.norm(positions - positions[0], axis=1).max() > 0.01  # arm moved
+
+        sim = next(n for n in graph.nodes if n.name == 'sim_node')
+        sim.interrupt()  # camera and robot state stop
+        sim.process.wait(20)
+        spin([observer], 0.5 + 0.3)  # max_image_age_s + margin
+        actions.clear()
+        spin([observer], 1.5)
+        held = [np.array(m.data) for m in actions]
+        assert len(held) >= 5, 'the policy keeps publishing holds at its control rate'
+        assert all(not np.any(a[:6]) for a in held), 'motion published without fresh images'
+        assert len({float(a[6]) for a in held}) == 1  # gripper unchanged
+    finally:
+        graph.stop_all()
+    assert all(n.poll() is not None for n in graph.nodes)
+
+
+def test_vla_align_up_runs_expert_episodes_and_reports_them(ros_environment):
+    result = vla_align_up('sim_graph', '--episodes', '2', '--timeout', '150')
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-2000:]
+    reported = [line for line in out.splitlines() if line.startswith('[up] episode ')]
+    assert len(reported) == 2 and all(': success after' in line for line in reported), out
+    assert '[up] 2 episodes: 2 succeeded, 0 failed' in out
+    for node in ('sim_node', 'instruction_node', 'policy_node'):
+        assert f'[{node}]' in out and 'stopping' in out.split(f'[{node}]')[-1]
+
+
+def test_sigterm_stops_every_node_cleanly(ros_environment):
+    process = subprocess.Popen([sys.executable, '-m', 'vla_align.cli', 'up', 'sim_graph'],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    lines = []
+    deadline = time.monotonic() + 90
+    for line in process.stdout:
+        lines.append(line)
+        if 'acting again' in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=60)
+    out = ''.join(lines) + rest
+    assert process.returncode == 0, out[-3000:]
+    assert 'stopped by SIGTERM' in out and 'killing' not in out
+    stopped = [line for line in out.splitlines() if ': stopping' in line]
+    assert len(stopped) == 3, out[-3000:]
+
+
+def test_a_node_that_refuses_to_start_stops_the_graph_with_the_reason(ros_environment):
+    result = vla_align_up('sim_graph', '--set', 'policy_node.control_rate=-1.0',
+                          '--timeout', '60')
+    assert result.returncode == 1
+    assert 'policy_node exited with status 1' in result.stdout
+    assert 'FATAL' in result.stdout and 'control_rate' in result.stdout
+    assert 'Traceback' not in result.stdout + result.stderr
+
+
+def test_bad_graph_file_is_refused_before_anything_starts(tmp_path):
+    bad = tmp_path / 'graph.yaml'
+    bad.write_text('nodes: [{name: a, module: vla_align.ros.nope}]\n')
+    result = vla_align_up(str(bad))
+    assert result.returncode == 2 and 'cannot be imported' in result.stderr
+
+
+def test_latency_probe_measures_a_policy_node_keeping_up_with_30_hz(ros_environment):
+    report = measure_policy_node(ProbeConfig(rate_hz=30.0, duration_s=2.0, warmup_s=1.0,
+                                             width=160, height=120),
+                                 source='random', random_config='tiny')
+    assert report.frames_sent >= 50
+    assert report.actions_matched >= 0.8 * report.frames_sent, report.describe()
+    assert 0 < report.latency.p50_ms <= report.latency.p99_ms <= report.latency.max_ms
+    assert report.policy_diagnostics.get('errors') == '0'

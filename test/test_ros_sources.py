@@ -1,0 +1,71 @@
+"""Action sources of the policy node: Policy adapter, expert relay, start-up errors."""
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from vla_align.ros.params import StartupError
+from vla_align.ros.sources import (
+    ExpertRelaySource,
+    PolicySource,
+    SourceNotReady,
+    load_policy_source,
+)
+
+
+@dataclass
+class FakeConfig:
+    use_proprio: bool
+
+
+class FakePolicy:
+    def __init__(self, use_proprio):
+        self.config = FakeConfig(use_proprio)
+        self.encoded = []
+
+    def encode_instruction(self, text):
+        self.encoded.append(text)
+
+    def step(self, image, instruction, state=None):
+        return type('Step', (), {'action': [0.1] * 7, 'alignment': np.float32(0.25)})()
+
+
+def test_policy_source_passes_through_and_reports_its_need_for_state():
+    policy = FakePolicy(use_proprio=True)
+    source = PolicySource(policy)
+    source.encode_instruction('pick')
+    out = source.step(np.zeros((4, 4, 3), np.uint8), 'pick', None)
+    assert policy.encoded == ['pick'] and source.needs_state
+    assert out.action.dtype == np.float32 and out.alignment == pytest.approx(0.25)
+    assert not PolicySource(FakePolicy(use_proprio=False)).needs_state
+
+
+def test_expert_relay_returns_only_fresh_suggestions():
+    relay = ExpertRelaySource(max_age_s=0.5)
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(SourceNotReady, match='no expert suggestion'):
+        relay.step(image, 'x', None)
+    relay.offer(np.arange(7, dtype=np.float32), received_at=10.0)
+    relay.now = 10.2
+    out = relay.step(image, 'x', None)
+    assert np.array_equal(out.action, np.arange(7)) and out.alignment is None
+    relay.now = 10.6
+    with pytest.raises(SourceNotReady, match='older than 0.5 s'):
+        relay.step(image, 'x', None)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    ({'kind': 'checkpoint'}, "needs the 'checkpoint' parameter"),
+    ({'kind': 'checkpoint', 'checkpoint': '/no/such/ckpt'}, 'does not exist'),
+    ({'kind': 'random', 'random_config': 'huge'}, 'unknown random_config'),
+    ({'kind': 'oracle'}, 'unknown model source'),
+])
+def test_unusable_model_sources_are_startup_errors(kwargs, message):
+    with pytest.raises(StartupError, match=message):
+        load_policy_source(**kwargs)
+
+
+def test_an_unreadable_checkpoint_is_a_startup_error(tmp_path):
+    (tmp_path / 'config.json').write_text('{not json')
+    with pytest.raises(StartupError, match='cannot load checkpoint'):
+        load_policy_source('checkpoint', str(tmp_path), device='cpu', torch_threads=0)

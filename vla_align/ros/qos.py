@@ -1,0 +1,34 @@
+"""QoS profiles of the topic contract (DESIGN.md section 3), in one place.
+
+Publishers and subscribers of the same topic take the same profile from here, so a late-joining
+policy still receives the current instruction and a slow consumer never queues camera frames.
+"""
+from __future__ import annotations
+
+from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+
+#: Camera images and camera info: best effort, keep only the newest frame.
+SENSOR_DATA = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=QoSReliabilityPolicy.BEST_EFFORT,
+                         durability=QoSDurabilityPolicy.VOLATILE)
+
+#: /vla/instruction: reliable and latched, so late joiners get the current instruction.
+LATCHED = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                     reliability=QoSReliabilityPolicy.RELIABLE,
+                     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+
+#: /vla/action, /vla/ee_twist, /vla/gripper: every command delivered, in order.
+COMMANDS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
+                      reliability=QoSReliabilityPolicy.RELIABLE,
+                      durability=QoSDurabilityPolicy.VOLATILE)
+
+#: Everything else (/joint_states, /vla/ee_pose, /vla/alignment, /diagnostics): ROS defaults.
+DEFAULT = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
+                     reliability=QoSReliabilityPolicy.RELIABLE,
+                     durability=QoSDurabilityPolicy.VOLATILE)
+
+#: /vla/episode_status: reliable and latched with a history of ~10 s of per-step reports, so a
+#: monitor whose discovery completes late (busy machine) still sees how episodes ended.
+EPISODE_STATUS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=100,
+                            reliability=QoSReliabilityPolicy.RELIABLE,
+                            durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)

@@ -1,0 +1,53 @@
+"""The ``main()`` shared by every node: init, spin, clean shutdown, clear start-up errors."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import signal
+from typing import Optional
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+
+from vla_align.ros.params import StartupError
+
+#: Longest wait for work before the spin loop looks at signals again (seconds).
+SPIN_PERIOD_S = 0.2
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f'signal {signum}')
+
+
+def run_node(make_node: Callable[[], Node], name: str,
+             args: Optional[Sequence[str]] = None) -> int:
+    """Spin the node built by ``make_node`` until Ctrl-C / SIGTERM / shutdown.
+
+    SIGINT and SIGTERM become ``KeyboardInterrupt`` in Python (rclpy's own handlers are not
+    installed), so the context is still valid when the node is destroyed: its ``destroy_node``
+    can log a summary and release devices cleanly. Returns the process exit status: 0 after a
+    normal shutdown, 1 when the node refused to start (the reason is logged once as FATAL,
+    without a traceback).
+    """
+    rclpy.init(args=None if args is None else list(args),
+               signal_handler_options=SignalHandlerOptions.NO)
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    node: Optional[Node] = None
+    try:
+        node = make_node()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+    except StartupError as exc:
+        rclpy.logging.get_logger(name).fatal(str(exc))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,301 @@
+"""sim_node: the PyBullet world standing in for a robot and its camera.
+
+Every control period (``control_rate``) it applies the newest action received on /vla/action
+since the previous period (each action is applied once; a period without a new action applies
+a hold: zero motion, gripper unchanged), steps the physics, and publishes what a robot would:
+/camera/image_raw + /camera/camera_info (sensor QoS), /joint_states and /vla/ee_pose. It also
+publishes the episode's instruction on /vla/instruction (latched) and a JSON
+``episode_status.EpisodeStatus`` on /vla/episode_status.
+
+Episodes come from the task suite: ``(family, split, seed)`` -> task; the seed starts at the
+``seed`` parameter and increases by one per episode; ``family: all`` cycles through the task
+families. A finished episode (success or step budget) is followed by the next one after
+``reset_delay_s`` when ``auto_reset`` is on; the /vla/reset_episode service (std_srvs/Trigger)
+starts the next one at any time.
+
+With ``publish_expert_action`` the scripted expert's suggestion for the current state goes out
+on /vla/expert_action; the policy node's ``source: expert`` relays it (demo without a trained
+checkpoint; never on a real robot).
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float32MultiArray, String
+from std_srvs.srv import Trigger
+
+from vla_align.actions import hold_action
+from vla_align.ros import qos, topics
+from vla_align.ros.conversions import (
+    action_to_multiarray,
+    camera_info_msg,
+    diagnostic_array,
+    diagnostic_status,
+    joint_state_msg,
+    multiarray_to_action,
+    pose_msg,
+    rgb_to_image,
+)
+from vla_align.ros.episode_status import EpisodeStatus
+from vla_align.ros.metrics import RateMeter
+from vla_align.ros.params import (
+    StartupError,
+    declare_bool,
+    declare_float,
+    declare_int,
+    declare_str,
+)
+from vla_align.ros.runner import run_node
+from vla_align.sim.types import PANDA_JOINT_NAMES, SPLITS, TASK_FAMILIES, Observation
+
+NODE_NAME = 'sim_node'
+
+
+class SimNode(Node):
+    def __init__(self, **node_kwargs) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        # First: destroy_node runs even after a failed start.
+        self._env = None
+        self._stats = {'actions_applied': 0, 'holds_applied': 0, 'invalid_actions': 0,
+                       'episodes_finished': 0, 'successes': 0}
+        self.family = declare_str(self, 'family', 'all',
+                                  'task family of the episodes, or all to cycle through them',
+                                  ('all', *TASK_FAMILIES))
+        self.split = declare_str(self, 'split', 'seen', 'evaluation split of the tasks', SPLITS)
+        seed = declare_int(self, 'seed', -1,
+                           'seed of the first episode, +1 per episode (-1: the first '
+                           'evaluation seed of the split, never a training seed)', -1, 2 ** 31)
+        suite_path = declare_str(self, 'suite', '',
+                                 'task-suite YAML file (empty: the packaged default suite)')
+        control_rate = declare_float(self, 'control_rate', 10.0,
+                                     'control steps per second (Hz); 240 / control_rate '
+                                     'must be a whole number of physics steps', 1.0, 240.0)
+        width = declare_int(self, 'image_width', 128, 'camera image width (pixels)', 16, 2048)
+        height = declare_int(self, 'image_height', 128, 'camera image height (pixels)', 16,
+                             2048)
+        max_steps = declare_int(self, 'max_steps', 0,
+                                'step budget per episode (0: the family default)', 0, 100000)
+        self.auto_reset = declare_bool(self, 'auto_reset', True,
+                                       'start the next episode when one finishes')
+        self.reset_delay_s = declare_float(self, 'reset_delay_s', 1.0,
+                                           'pause between a finished episode and the next (s)',
+                                           0.0, 3600.0)
+        self.start_on_launch = declare_bool(self, 'start_on_launch', True,
+                                            'start the first episode without waiting for '
+                                            '/vla/reset_episode')
+        self.wait_for_policy = declare_bool(self, 'wait_for_policy', True,
+                                            'start the first episode only once a node publishes '
+                                            'on /vla/action (a policy still loading its model '
+                                            'would otherwise lose the episode)')
+        self.publish_expert = declare_bool(self, 'publish_expert_action', False,
+                                           "publish the scripted expert's suggested action on "
+                                           '/vla/expert_action (demo/debug; privileged state)')
+        self.base_frame = declare_str(self, 'base_frame', 'panda_link0',
+                                      'frame_id of /vla/ee_pose (the robot base)')
+        diagnostics_period = declare_float(self, 'diagnostics_period_s', 1.0,
+                                           'period of /diagnostics messages (s)', 0.05, 60.0)
+        self._env, self._suite = self._make_world(control_rate, width, height, max_steps,
+                                                  suite_path)
+        self.first_seed = seed if seed >= 0 else self._suite.seeds(self.split, 'eval', 1)[0]
+
+        # Episode state.
+        self._episode = -1
+        self._seed = self.first_seed - 1
+        self._task_family = ''
+        self._instruction = ''
+        self._step = 0
+        self._success = False
+        self._done = True
+        self._done_at: Optional[float] = None
+        self._obs: Optional[Observation] = None
+        self._reset_requested = self.start_on_launch
+        # Newest action, written by the subscription callback.
+        self._action: Optional[np.ndarray] = None
+        self._gripper = 0.0
+        self._invalid_reported = False
+        self._step_rate = RateMeter()
+
+        self._image_pub = self.create_publisher(Image, topics.IMAGE, qos.SENSOR_DATA)
+        self._info_pub = self.create_publisher(CameraInfo, topics.CAMERA_INFO, qos.SENSOR_DATA)
+        self._joints_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos.DEFAULT)
+        self._pose_pub = self.create_publisher(PoseStamped, topics.EE_POSE, qos.DEFAULT)
+        self._instruction_pub = self.create_publisher(String, topics.INSTRUCTION, qos.LATCHED)
+        self._status_pub = self.create_publisher(String, topics.EPISODE_STATUS,
+                                                 qos.EPISODE_STATUS)
+        self._expert_pub = (self.create_publisher(Float32MultiArray, topics.EXPERT_ACTION,
+                                                  qos.COMMANDS) if self.publish_expert else None)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS,
+                                                      qos.DEFAULT)
+        self._action_sub = self.create_subscription(Float32MultiArray, topics.ACTION,
+                                                    self._on_action, qos.COMMANDS)
+        self._waiting_reported = False
+        self.create_service(Trigger, topics.RESET_EPISODE, self._on_reset_request)
+        self._timer = self.create_timer(1.0 / control_rate, self._on_tick)
+        self._diagnostics_timer = self.create_timer(diagnostics_period, self._publish_diagnostics)
+        self.get_logger().info(f'simulating {self.family} / {self.split} from seed '
+                               f'{self.first_seed} at {control_rate:g} Hz, {width}x{height} '
+                               f'images' + (', publishing expert actions'
+                                            if self.publish_expert else ''))
+
+    def _make_world(self, control_rate: float, width: int, height: int, max_steps: int,
+                    suite_path: str):
+        from vla_align.sim.env import EnvConfig, ManipulationEnv
+        from vla_align.sim.suite import SuiteError, load_suite
+        from vla_align.sim.types import CameraConfig
+
+        try:
+            config = EnvConfig(camera=CameraConfig(width=width, height=height),
+                               control_hz=control_rate, max_steps=max_steps or None)
+        except ValueError as exc:
+            raise StartupError(f'{NODE_NAME}: {exc}') from None
+        try:
+            suite = load_suite(suite_path or None)
+        except SuiteError as exc:
+            raise StartupError(f'{NODE_NAME}: {exc}') from None
+        if self.split not in suite.splits:
+            raise StartupError(f'{NODE_NAME}: the task suite has no split {self.split!r} '
+                               f'(it has {", ".join(suite.splits)})')
+        return ManipulationEnv(config), suite
+
+    # -- callbacks: cache only ------------------------------------------------------------------
+    def _on_action(self, msg: Float32MultiArray) -> None:
+        try:
+            self._action = multiarray_to_action(msg)
+        except ValueError as exc:
+            self._stats['invalid_actions'] += 1
+            if not self._invalid_reported:
+                self.get_logger().warning(f'ignoring invalid action message: {exc}')
+                self._invalid_reported = True
+
+    def _on_reset_request(self, request: Trigger.Request,
+                          response: Trigger.Response) -> Trigger.Response:
+        self._reset_requested = True
+        response.success = True
+        response.message = (f'episode {self._episode + 1} (seed {self._seed + 1}) starts at '
+                            f'the next control step')
+        return response
+
+    # -- work -----------------------------------------------------------------------------------
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        if self._episode < 0 and not self._policy_ready():
+            return
+        if self._reset_requested or (self.auto_reset and self._done and self._done_at is not None
+                                     and now - self._done_at >= self.reset_delay_s):
+            self._reset_requested = False
+            if not self._start_episode():
+                return
+        elif not self._done:
+            self._advance(now)
+        if self._obs is not None:
+            self._publish_observation()
+
+    def _policy_ready(self) -> bool:
+        """Before the first episode: is someone publishing actions (if we wait for that)?"""
+        if not self.wait_for_policy or self.count_publishers(self._action_sub.topic_name) > 0:
+            return True
+        if not self._waiting_reported:
+            self.get_logger().info(f'waiting for a policy to publish on '
+                                   f'{self._action_sub.topic_name} before the first episode')
+            self._waiting_reported = True
+        return False
+
+    def _start_episode(self) -> bool:
+        self._episode += 1
+        self._seed += 1
+        family = (TASK_FAMILIES[self._episode % len(TASK_FAMILIES)] if self.family == 'all'
+                  else self.family)
+        try:
+            task = self._suite.sample_task(family, self.split, self._seed)
+            self._obs = self._env.reset(self._seed, task)
+        except ValueError as exc:
+            self.get_logger().error(f'cannot start episode {self._episode} ({family}, seed '
+                                    f'{self._seed}): {exc}')
+            self._done, self._done_at = True, time.monotonic()
+            return False
+        self._task_family, self._instruction = family, task.instruction
+        self._step, self._success, self._done, self._done_at = 0, False, False, None
+        self._action, self._gripper = None, float(self._obs.gripper)
+        self._instruction_pub.publish(String(data=self._instruction))
+        self._publish_status()
+        self.get_logger().info(f'episode {self._episode}: {family}, seed {self._seed}: '
+                               f'{self._instruction!r}')
+        return True
+
+    def _advance(self, now: float) -> None:
+        action, self._action = self._action, None
+        if action is None:
+            action = hold_action(self._gripper)
+            self._stats['holds_applied'] += 1
+        else:
+            self._stats['actions_applied'] += 1
+        result = self._env.step(action)
+        self._obs = result.observation
+        self._gripper = float(result.observation.gripper)
+        self._step += 1
+        self._success = bool(result.info.get('success', False))
+        self._step_rate.tick(now)
+        if result.done:
+            self._done, self._done_at = True, now
+            self._stats['episodes_finished'] += 1
+            self._stats['successes'] += self._success
+            outcome = 'succeeded' if self._success else 'failed (step budget spent)'
+            self.get_logger().info(f'episode {self._episode} {outcome} after {self._step} '
+                                   f'steps')
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        status = EpisodeStatus(episode=self._episode, family=self._task_family,
+                               split=self.split, seed=self._seed,
+                               instruction=self._instruction, step=self._step,
+                               success=self._success, done=self._done)
+        self._status_pub.publish(String(data=status.to_json()))
+
+    def _publish_observation(self) -> None:
+        obs = self._obs
+        stamp = self.get_clock().now().to_msg()
+        camera = self._env.camera
+        if self._expert_pub is not None and not self._done:
+            # Before the image: a policy node relaying the expert acts on image arrival.
+            self._expert_pub.publish(action_to_multiarray(self._env.expert_action()))
+        self._image_pub.publish(rgb_to_image(obs.image, stamp, camera.frame_id))
+        self._info_pub.publish(camera_info_msg(obs.image.shape[1], obs.image.shape[0],
+                                               camera.intrinsics(), stamp, camera.frame_id))
+        self._joints_pub.publish(joint_state_msg(PANDA_JOINT_NAMES, obs.joint_positions, stamp))
+        self._pose_pub.publish(pose_msg(obs.ee_position, obs.ee_orientation, stamp,
+                                        self.base_frame))
+
+    def _publish_diagnostics(self) -> None:
+        values = {'episode': self._episode, 'seed': self._seed, 'family': self._task_family,
+                  'step': self._step, 'done': self._done,
+                  'step_rate_hz': self._step_rate.rate(time.monotonic()), **self._stats}
+        level = DiagnosticStatus.OK
+        message = 'episode finished' if self._done else 'running'
+        if self._stats['invalid_actions']:
+            level, message = DiagnosticStatus.WARN, f'{message}; invalid actions received'
+        status = diagnostic_status(f'{self.get_name()}: simulator', 'pybullet', level, message,
+                                   values)
+        self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
+
+    def destroy_node(self) -> None:
+        s = self._stats
+        self.get_logger().info(f'stopping: {s["episodes_finished"]} episodes finished, '
+                               f'{s["successes"]} successes')
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        super().destroy_node()
+
+
+def main(args: Optional[list[str]] = None) -> int:
+    return run_node(SimNode, NODE_NAME, args)
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

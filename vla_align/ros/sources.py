@@ -1,0 +1,152 @@
+"""What produces the policy node's actions: the ``ActionSource`` protocol and its three kinds.
+
+* ``checkpoint`` — the trained ``vla_align.model.policy.Policy`` loaded from a checkpoint.
+* ``random`` — the same Policy class from ``PolicyConfig.tiny()`` with random weights: real
+  model cost, meaningless actions; for latency measurements and wiring tests.
+* ``expert`` — relays the scripted expert's suggestion that the sim node publishes on
+  /vla/expert_action. Simulation only (the expert reads privileged simulator state); it makes
+  the full node graph demonstrable before a trained checkpoint exists, and every relayed action
+  still passes the policy node's safety gate like a model output would.
+
+The node only needs ``step`` and ``encode_instruction``, so tests can pass any object with them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+from pathlib import Path
+from typing import Optional, Protocol
+
+import numpy as np
+
+from vla_align.ros.params import StartupError
+
+SOURCE_KINDS: tuple[str, ...] = ('checkpoint', 'random', 'expert')
+
+
+class SourceNotReady(RuntimeError):
+    """The source has nothing to say yet (e.g. no expert suggestion has arrived)."""
+
+
+@dataclass(frozen=True)
+class SourceStep:
+    """One output: a raw 7-DoF action (unclamped) and the V-L alignment, None when unknown."""
+
+    action: np.ndarray
+    alignment: Optional[float] = None
+
+
+class ActionSource(Protocol):
+    """Anything that maps (image, instruction, state) to an action, like ``Policy``.
+
+    A source may also have ``needs_state = True``: the node then holds until it has the robot
+    state instead of calling ``step`` without it.
+    """
+
+    def encode_instruction(self, text: str) -> None:
+        """Prepare for a new instruction (the node calls this once per change)."""
+
+    def step(self, image: np.ndarray, instruction: str,
+             state: Optional[np.ndarray]) -> SourceStep:
+        """One action for an (H, W, 3) uint8 RGB image; may raise ``SourceNotReady``."""
+
+
+class PolicySource:
+    """Adapts ``vla_align.model.policy.Policy`` (or anything with its ``step``) to the node."""
+
+    def __init__(self, policy: object) -> None:
+        self.policy = policy
+        #: The model was trained with proprioception and cannot act without the state vector.
+        self.needs_state = bool(getattr(getattr(policy, 'config', None), 'use_proprio', False))
+
+    def encode_instruction(self, text: str) -> None:
+        encode = getattr(self.policy, 'encode_instruction', None)
+        if encode is not None:
+            encode(text)
+
+    def step(self, image: np.ndarray, instruction: str,
+             state: Optional[np.ndarray]) -> SourceStep:
+        out = self.policy.step(image, instruction, state=state)
+        alignment = getattr(out, 'alignment', None)
+        return SourceStep(action=np.asarray(out.action, dtype=np.float32),
+                          alignment=None if alignment is None else float(alignment))
+
+
+class ExpertRelaySource:
+    """The newest expert suggestion from the simulator, if it is recent enough.
+
+    The node feeds ``offer`` from its /vla/expert_action subscription; ``step`` ignores the
+    image: the expert already saw the simulator state that produced it.
+    """
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_s = max_age_s
+        self._action: Optional[np.ndarray] = None
+        self._received_at = -math.inf
+        self.now = 0.0  # set by the node before each step (monotonic seconds)
+
+    def offer(self, action: np.ndarray, received_at: float) -> None:
+        self._action = np.asarray(action, dtype=np.float32)
+        self._received_at = received_at
+
+    def encode_instruction(self, text: str) -> None:
+        """The expert knows its task from the simulator; nothing to encode."""
+
+    def step(self, image: np.ndarray, instruction: str,
+             state: Optional[np.ndarray]) -> SourceStep:
+        if self._action is None:
+            raise SourceNotReady('no expert suggestion received on /vla/expert_action yet '
+                                 '(is the sim node running with publish_expert_action: true?)')
+        if self.now - self._received_at > self.max_age_s:
+            raise SourceNotReady(f'the newest expert suggestion is older than '
+                                 f'{self.max_age_s:g} s')
+        return SourceStep(action=self._action.copy(), alignment=None)
+
+
+#: Architectures for ``random``: tiny (fast tests) or the default PolicyConfig (real cost).
+RANDOM_CONFIGS: tuple[str, ...] = ('tiny', 'default')
+
+
+def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
+                       random_config: str = 'tiny', torch_threads: int = 1) -> PolicySource:
+    """The model-backed source for ``kind`` 'checkpoint' or 'random'.
+
+    ``torch_threads`` sets torch's intra-op CPU threads (0 keeps torch's default). One thread
+    is the default: at batch 1 the convolutions gain little from more, and OpenMP workers that
+    spin between operations starve the DDS threads of a small machine (measured on the 2-core
+    development machine: 2 threads made the default model's p99 step time 60x worse under load).
+
+    Raises ``StartupError`` with the reason when the model package or the checkpoint is not
+    usable, so the node can say so instead of printing a traceback.
+    """
+    if kind not in ('checkpoint', 'random'):
+        raise StartupError(f'unknown model source {kind!r}; expected checkpoint or random')
+    path = Path(checkpoint).expanduser()
+    if kind == 'checkpoint' and not checkpoint:
+        raise StartupError("source 'checkpoint' needs the 'checkpoint' parameter: the path "
+                           'of a trained checkpoint (or use source: random / expert)')
+    if kind == 'checkpoint' and not path.exists():
+        raise StartupError(f'checkpoint {str(path)!r} does not exist')
+    if kind == 'random' and random_config not in RANDOM_CONFIGS:
+        raise StartupError(f'unknown random_config {random_config!r}; expected one of '
+                           f'{", ".join(RANDOM_CONFIGS)}')
+    try:
+        import torch
+
+        from vla_align.model.config import PolicyConfig
+        from vla_align.model.policy import Policy
+    except ImportError as exc:
+        raise StartupError(f'the policy model cannot be imported ({exc}); use source: expert '
+                           f'with the simulator until it is installed') from None
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    if kind == 'checkpoint':
+        try:
+            return PolicySource(Policy.from_checkpoint(path, device=device))
+        except Exception as exc:  # noqa: BLE001 - any loading failure is a start-up error
+            raise StartupError(f'cannot load checkpoint {str(path)!r}: {exc}') from None
+    config = PolicyConfig.tiny() if random_config == 'tiny' else PolicyConfig()
+    try:
+        return PolicySource(Policy.from_config(config, device=device))
+    except Exception as exc:  # noqa: BLE001 - e.g. the language model folder is missing
+        raise StartupError(f'cannot build a random {random_config} policy: {exc}') from None
