@@ -18,8 +18,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'inspect-bag': ('vla_align.data.inspect', 'summarise a rosbag2 episode (topics, counts)'),
     'train': ('vla_align.train.cli', 'train a policy on collected demonstrations'),
     'eval-sim': ('vla_align.evaluation.sim_eval', 'closed-loop success rates in simulation'),
-    'eval-bag': ('vla_align.evaluation.bag_eval', 'score a policy against recorded bags'),
-    'bench': ('vla_align.evaluation.bench', 'measure latency and throughput'),
     'up': ('vla_align.ros.launcher', 'start the ROS 2 node graph from a YAML config'),
 }
 
