@@ -22,7 +22,7 @@ $(STAMP): requirements.txt setup.py
 
 ## The main job: the simulated robot driven through the ROS 2 node graph.
 demo: $(STAMP)
-	$(BIN)/vla-align demo --family all --episodes 1
+	$(BIN)/vla-align up config/sim_graph.yaml --episodes 3 --timeout 300
 
 ## The whole test suite (CI runs exactly this).
 test: $(STAMP)

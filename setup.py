@@ -27,6 +27,7 @@ setup(
         ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
         *tree('config'),
         *tree('sim'),
+        *tree('checkpoints'),
     ],
     install_requires=['setuptools'],
     zip_safe=False,

@@ -1,5 +1,6 @@
 """Action sources of the policy node: Policy adapter, expert relay, start-up errors."""
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +70,18 @@ def test_an_unreadable_checkpoint_is_a_startup_error(tmp_path):
     (tmp_path / 'config.json').write_text('{not json')
     with pytest.raises(StartupError, match='cannot load checkpoint'):
         load_policy_source('checkpoint', str(tmp_path), device='cpu', torch_threads=0)
+
+
+def test_a_relative_checkpoint_path_falls_back_to_the_package_share_directory(tmp_path,
+                                                                             monkeypatch):
+    from vla_align.ros import sources
+
+    shipped = tmp_path / 'share' / 'checkpoints' / 'mine'
+    shipped.mkdir(parents=True)
+    monkeypatch.setattr(sources, 'share_path', lambda *parts: tmp_path.joinpath('share', *parts))
+    monkeypatch.chdir(tmp_path)
+    assert sources.resolve_checkpoint_path('checkpoints/mine') == shipped
+    local = tmp_path / 'checkpoints' / 'mine'
+    local.mkdir(parents=True)
+    assert sources.resolve_checkpoint_path('checkpoints/mine') == Path('checkpoints/mine')
+    assert sources.resolve_checkpoint_path('missing/ckpt') == Path('missing/ckpt')

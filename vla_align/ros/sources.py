@@ -19,6 +19,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from vla_align.paths import share_path
 from vla_align.ros.params import StartupError
 
 SOURCE_KINDS: tuple[str, ...] = ('checkpoint', 'random', 'expert')
@@ -107,6 +108,18 @@ class ExpertRelaySource:
 RANDOM_CONFIGS: tuple[str, ...] = ('tiny', 'default')
 
 
+def resolve_checkpoint_path(checkpoint: str) -> Path:
+    """``checkpoint`` as given, or, when it is relative and absent from the working directory,
+    the same path under the package share directory (so configs can name the shipped
+    ``checkpoints/default`` wherever the package is installed)."""
+    path = Path(checkpoint).expanduser()
+    if checkpoint and not path.is_absolute() and not path.exists():
+        shipped = share_path(*path.parts)
+        if shipped.exists():
+            return shipped
+    return path
+
+
 def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
                        random_config: str = 'tiny', torch_threads: int = 1) -> PolicySource:
     """The model-backed source for ``kind`` 'checkpoint' or 'random'.
@@ -121,7 +134,7 @@ def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
     """
     if kind not in ('checkpoint', 'random'):
         raise StartupError(f'unknown model source {kind!r}; expected checkpoint or random')
-    path = Path(checkpoint).expanduser()
+    path = resolve_checkpoint_path(checkpoint)
     if kind == 'checkpoint' and not checkpoint:
         raise StartupError("source 'checkpoint' needs the 'checkpoint' parameter: the path "
                            'of a trained checkpoint (or use source: random / expert)')
