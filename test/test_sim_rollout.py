@@ -43,6 +43,30 @@ def test_replaying_the_expert_actions_reproduces_success(env):
     assert np.array_equal(outcome.episode.images, episode.images)
 
 
+def test_dart_noise_perturbs_the_arm_but_records_the_clean_expert_action(env):
+    clean = run_expert_episode(env, PICK, seed=4)
+    noisy = run_expert_episode(env, PICK, seed=4, action_noise=0.01)
+    again = run_expert_episode(env, PICK, seed=4, action_noise=0.01)
+    assert noisy.metadata['action_noise'] == 0.01 and clean.metadata['action_noise'] == 0.0
+    # Reproducible from the seed, and a different path from the clean expert's.
+    np.testing.assert_array_equal(noisy.ee_positions, again.ee_positions)
+    assert not np.allclose(noisy.ee_positions[1:len(clean)], clean.ee_positions[1:len(noisy)])
+    # Each recorded action is what the expert asks for in the state the arm actually reached:
+    # replaying the noisy episode's states through a fresh expert gives the same labels.
+    assert noisy.success
+    for t in (0, 1):
+        env.reset(4, PICK)
+        if t == 1:  # reach the recorded second state by executing the first noisy step
+            first = noisy.actions[0].copy()
+            rng = np.random.default_rng([4, 0xDA27])
+            first[:3] = np.clip(first[:3] + rng.normal(0.0, 0.01, 3), -0.03, 0.03)
+            env.expert_action()
+            env.step(first)
+        np.testing.assert_allclose(env.expert_action(), noisy.actions[t], atol=1e-6)
+    with pytest.raises(ValueError, match='action noise'):
+        run_expert_episode(env, PICK, seed=4, action_noise=-0.01)
+
+
 def test_policy_episode_holds_on_non_finite_actions_and_stops_at_the_budget():
     env = ManipulationEnv(EnvConfig(camera=CameraConfig(width=24, height=24), max_steps=6))
     seen: list[Observation] = []

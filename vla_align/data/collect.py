@@ -58,6 +58,7 @@ class CollectConfig:
     storage: str = 'mcap'
     seed_start: int = 0
     retry_factor: int = 2  # attempts per family <= retry_factor * episodes_per_family
+    action_noise: float = 0.0  # DART noise (m, std per axis) on executed expert translations
     env: EnvConfig = EnvConfig()  # camera, control rate, step budget of every worker's env
 
     def __post_init__(self) -> None:
@@ -73,6 +74,9 @@ class CollectConfig:
             raise ValueError(f'retry factor must be >= 1, got {self.retry_factor}')
         if self.seed_start < 0:
             raise ValueError(f'seed start must be >= 0, got {self.seed_start}')
+        if not 0.0 <= self.action_noise <= self.env.limits.max_translation:
+            raise ValueError(f'action noise must be in [0, {self.env.limits.max_translation}] m, '
+                             f'got {self.action_noise}')
 
     @property
     def max_attempts(self) -> int:
@@ -193,18 +197,19 @@ class _Worker:
     """Per-process state: one env, reused for every episode this process runs."""
 
     def __init__(self, suite_path: Optional[str], env_config: EnvConfig, split: str,
-                 purpose: str, out: str, storage: str) -> None:
+                 purpose: str, out: str, storage: str, action_noise: float) -> None:
         self.suite = load_suite(None if suite_path is None else Path(suite_path))
         self.env = ManipulationEnv(env_config)
         self.split, self.purpose, self.storage = split, purpose, storage
         self.out = Path(out)
+        self.action_noise = action_noise
 
     def run(self, job: EpisodeJob) -> AttemptResult:
         start = time.perf_counter()
         frames = 0
         try:
             task = self.suite.sample_task(job.family, self.split, job.seed)
-            episode = run_expert_episode(self.env, task, job.seed)
+            episode = run_expert_episode(self.env, task, job.seed, self.action_noise)
             frames = len(episode)
             if not episode.success:
                 return AttemptResult(job.family, job.seed, False, frames,
@@ -227,9 +232,9 @@ class _Worker:
 
 
 def _init_worker(suite_path: Optional[str], env_config: EnvConfig, split: str, purpose: str,
-                 out: str, storage: str) -> None:
+                 out: str, storage: str, action_noise: float) -> None:
     global _WORKER
-    _WORKER = _Worker(suite_path, env_config, split, purpose, out, storage)
+    _WORKER = _Worker(suite_path, env_config, split, purpose, out, storage, action_noise)
 
 
 def _run_job(job: EpisodeJob) -> AttemptResult:
@@ -323,7 +328,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectionReport:
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                              initializer=_init_worker,
                              initargs=(suite_arg, config.env, config.split, config.purpose,
-                                       str(out), config.storage)) as pool:
+                                       str(out), config.storage, config.action_noise)) as pool:
         pending: set[Future[AttemptResult]] = {pool.submit(_run_job, job)
                                                for job in first_jobs}
         try:
@@ -367,6 +372,7 @@ def _config_record(config: CollectConfig, families: tuple[str, ...], workers: in
         'suite': None if config.suite_path is None else str(config.suite_path),
         'storage': config.storage,
         'seed_start': config.seed_start,
+        'action_noise': config.action_noise,
         'max_attempts_per_family': config.max_attempts,
         'seed_pool': [int(seed) for seed in seeds],
         'workers': workers,
@@ -423,6 +429,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help='offset into the seed list of split/purpose (default 0)')
     parser.add_argument('--retry-factor', type=int, default=2,
                         help='attempt at most this many times N seeds per family (default 2)')
+    parser.add_argument('--action-noise', type=float, default=0.0, metavar='METRES',
+                        help='DART: Gaussian noise (std per axis) added to the executed expert '
+                             'translation while the clean action is recorded (default 0)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -431,7 +440,8 @@ def run(args: argparse.Namespace) -> int:
             out=args.out, episodes_per_family=args.episodes_per_family,
             families=tuple(args.families or ()), split=args.split, purpose=args.purpose,
             suite_path=args.suite, workers=args.workers, storage=args.storage,
-            seed_start=args.seed_start, retry_factor=args.retry_factor)
+            seed_start=args.seed_start, retry_factor=args.retry_factor,
+            action_noise=args.action_noise)
         report = collect(config)
     except ValueError as exc:
         print(f'vla-align collect: {exc}', file=sys.stderr)

@@ -49,19 +49,37 @@ class _Recorder:
             metadata={'max_steps': env.max_steps, **metadata})
 
 
-def run_expert_episode(env: ManipulationEnv, task: TaskSpec, seed: int) -> Episode:
-    """One scripted-expert episode; each recorded frame and state precede the action taken."""
+def run_expert_episode(env: ManipulationEnv, task: TaskSpec, seed: int,
+                       action_noise: float = 0.0) -> Episode:
+    """One scripted-expert episode; each recorded frame and state precede the action taken.
+
+    With ``action_noise`` > 0 the arm executes the expert's translation plus Gaussian noise of
+    that standard deviation (metres, per axis, clipped to the action limits) while the bag
+    records the expert's clean action (DART, Laskey et al. 2017): the demonstrations then
+    visit the slightly-off states a learned policy drifts into, labelled with how the expert
+    recovers from them. The noise is drawn from the episode seed, so the episode stays
+    reproducible.
+    """
+    if action_noise < 0 or not np.isfinite(action_noise):
+        raise ValueError(f'action noise must be a finite value >= 0, got {action_noise}')
     observation = env.reset(seed, task)
     recorder = _Recorder()
+    rng = np.random.default_rng([seed, 0xDA27])
+    limit = env.config.limits.max_translation
     success = False
     while True:
         action = env.expert_action()
         recorder.add(observation, action)
-        result = env.step(action)
+        executed = action
+        if action_noise > 0:
+            executed = action.copy()
+            executed[:3] = np.clip(action[:3] + rng.normal(0.0, action_noise, 3), -limit, limit)
+        result = env.step(executed)
         observation, success = result.observation, bool(result.info['success'])
         if result.done:
             break
-    return recorder.episode(env, task, seed, success, source='expert')
+    return recorder.episode(env, task, seed, success, source='expert',
+                            action_noise=float(action_noise))
 
 
 def run_policy_episode(env: ManipulationEnv, task: TaskSpec, seed: int,
