@@ -119,7 +119,15 @@ def test_report_of_a_tiny_policy_has_every_key_and_consistent_numbers(checkpoint
         assert episode['wrong_instruction'] != episode['instruction']
     assert report['wall_time_s'] > 0
 
-    for name in ('success.png', 'filmstrip_seen.png', 'attention.png'):
+    # The embedding sample: one expert episode of the cell, six frames, all three modalities.
+    sample = align['embedding_sample']
+    assert sample['num_samples'] == 6 and sample['num_instructions'] == 1
+    assert set(sample['retrieval']) == {'V->L', 'L->V', 'V->A', 'A->V'}
+    assert set(sample['modality_gap']) == {'V-L', 'V-A', 'L-A'}
+    for row in sample['retrieval'].values():
+        assert 0.0 <= row['recall_at_1'] <= row['recall_at_5'] <= 1.0
+
+    for name in ('success.png', 'filmstrip_seen.png', 'attention.png', 'embeddings.png'):
         assert name in report['figures'] and (out / name).stat().st_size > 5_000
     markdown = (out / 'report.md').read_text()
     assert f'({successes}/2)' in markdown

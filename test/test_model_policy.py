@@ -138,6 +138,28 @@ def test_attention_map_is_a_distribution_over_the_image_grid(policy, frames):
     assert np.all(heat >= 0) and heat.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_embeddings_are_unit_vectors_consistent_with_the_step_alignment(policy, frames):
+    images, states = frames
+    rng = np.random.default_rng(2)
+    actions = rng.normal(0.0, 0.01, (3, 7)).astype(np.float32)
+    embedded = policy.embed(images, INSTRUCTIONS, actions, states)
+    steps = policy.step_batch(images, INSTRUCTIONS, states)
+    for name in ('vision', 'language', 'action'):
+        vectors = getattr(embedded, name)
+        assert vectors.shape == (3, policy.config.align_dim)
+        assert np.linalg.norm(vectors, axis=1) == pytest.approx(np.ones(3), abs=1e-4)
+    # The V-L cosine of the step is the dot product of the two embeddings.
+    cosine = np.sum(embedded.vision * embedded.language, axis=1)
+    assert cosine == pytest.approx([s.alignment for s in steps], abs=1e-4)
+    # The action embedding depends on the action, not on the image.
+    other = policy.embed(images[::-1].copy(), INSTRUCTIONS, actions, states)
+    assert other.action == pytest.approx(embedded.action, abs=1e-5)
+    moved = policy.embed(images, INSTRUCTIONS, actions + 0.02, states)
+    assert not np.allclose(moved.action, embedded.action, atol=1e-3)
+    with pytest.raises(ValueError, match='actions must be finite'):
+        policy.embed(images, INSTRUCTIONS, np.full((3, 7), np.nan, np.float32), states)
+
+
 # -- checkpoints --------------------------------------------------------------------------------
 
 def test_checkpoint_round_trip_reproduces_outputs_exactly(policy, frames, tmp_path):

@@ -8,13 +8,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 import textwrap
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from matplotlib.figure import Figure
 import numpy as np
 
 from vla_align.evaluation.sim_report import AttentionExample, Filmstrip
 from vla_align.evaluation.stats import SuccessRate
+
+if TYPE_CHECKING:
+    from vla_align.evaluation.embedding_probe import EmbeddingSample
 
 
 def _save(fig: Figure, path: Path, dpi: int = 110) -> None:
@@ -98,3 +101,38 @@ def attention_figure(examples: Sequence[AttentionExample], path: Path) -> None:
 
 def _wrap(text: str, width: int) -> str:
     return '\n'.join(textwrap.wrap(text, width)) or text
+
+
+def embedding_figure(sample: EmbeddingSample, path: Path) -> None:
+    """The three modalities in one 2-D PCA basis: colour = modality, marker = task family.
+
+    Each frame is joined to its instruction by a faint line, so a well-aligned space shows
+    short lines and a modality gap shows as one consistent offset.
+    """
+    from vla_align.evaluation.embedding_probe import project_2d
+
+    points = project_2d(sample)
+    families = list(dict.fromkeys(sample.families))
+    markers = dict(zip(families, 'osD^vP*X', strict=False))
+    colours = {'vision': 'tab:blue', 'language': 'tab:orange', 'action': 'tab:green'}
+    fig = Figure(figsize=(6.4, 5.2), layout='constrained')
+    ax = fig.add_subplot()
+    for other in ('language',):
+        for a, b in zip(points['vision'], points[other], strict=True):
+            ax.plot([a[0], b[0]], [a[1], b[1]], color='0.85', lw=0.5, zorder=0)
+    family_array = np.array(sample.families)
+    for modality, colour in colours.items():
+        for family in families:
+            rows = family_array == family
+            ax.scatter(points[modality][rows, 0], points[modality][rows, 1], s=18, c=colour,
+                       marker=markers.get(family, 'o'), alpha=0.8, linewidths=0)
+    for modality, colour in colours.items():
+        ax.scatter([], [], c=colour, marker='s', label=modality)
+    for family in families:
+        ax.scatter([], [], c='0.4', marker=markers.get(family, 'o'), label=family)
+    ax.set_xlabel('PC 1')
+    ax.set_ylabel('PC 2')
+    ax.set_title(f'V-L-A embeddings, {len(sample)} expert frames (PCA of all three)',
+                 fontsize=10)
+    ax.legend(fontsize=7, ncols=2, loc='best')
+    _save(fig, path)

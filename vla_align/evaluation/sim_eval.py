@@ -47,6 +47,7 @@ from tqdm import tqdm
 
 from vla_align.actions import hold_action
 from vla_align.data.bag_io import write_episode_bag
+from vla_align.evaluation.embedding_probe import collect_embedding_sample
 from vla_align.evaluation.sim_report import (
     FAILURES_DIR,
     REPORT_JSON,
@@ -98,6 +99,12 @@ class Agent:
         """(h, w) attention of the instruction over the image; None when the agent has none."""
         return None
 
+    def embeddings(self, images: np.ndarray, instructions: Sequence[str], actions: np.ndarray,
+                   states: np.ndarray) -> Any:
+        """Shared-space embeddings (``.vision``, ``.language``, ``.action``: (N, A) arrays) of
+        N (image, instruction, action) triples; None when the agent has none."""
+        return None
+
 
 #: A picklable zero-argument callable that builds an Agent (once per worker process).
 AgentFactory = Callable[[], Agent]
@@ -135,6 +142,10 @@ class PolicyAgent(Agent):
     def attention_map(self, image: np.ndarray, instruction: str,
                       state: np.ndarray) -> Optional[np.ndarray]:
         return self.policy.attention_maps(image, instruction, state)
+
+    def embeddings(self, images: np.ndarray, instructions: Sequence[str], actions: np.ndarray,
+                   states: np.ndarray) -> Any:
+        return self.policy.embed(images, list(instructions), actions, states)
 
 
 @dataclass(frozen=True)
@@ -380,6 +391,9 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
     if out is not None:
         if plots:
             report.attention = attention_examples(agent, report.filmstrips, plan.splits[0])
+        with ManipulationEnv(env_config) as env:
+            report.embeddings = collect_embedding_sample(agent, suite, plan.splits,
+                                                         plan.families, env)
         write_report(report, out, plots=plots)
     return report
 

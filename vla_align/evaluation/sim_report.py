@@ -9,11 +9,13 @@ Layout of an evaluation folder (``vla-align eval-sim --out DIR``)::
     DIR/success.png          success rate per family and split, with interval error bars
     DIR/filmstrip_<split>.png  first/middle/last frame of one episode per family
     DIR/attention.png        words->image cross-attention of the policy (when it has one)
+    DIR/embeddings.png       2-D projection of vision/language/action embeddings (ditto)
     DIR/failures/<split>_<family>_<seed>/   rosbag2 of failed episodes, for replay
 
 ``report.json``: ``{"checkpoint", "policy", "suite", "config", "splits": {split: {family:
 {"episodes", "successes", "success_rate", "ci95": [lo, hi], "errors", "mean_steps",
-"unsafe_actions"}}}, "pooled": {split: {...}}, "alignment", "latency_ms", "wall_time_s",
+"unsafe_actions"}}}, "pooled": {split: {...}}, "alignment" (V-L scores on episode frames;
+"embedding_sample": retrieval and modality gaps on expert frames), "latency_ms", "wall_time_s",
 "episodes_per_min", "failures", "errors", "figures"}``. A cell whose episodes all crashed has
 ``episodes: 0`` and null rate and interval.
 """
@@ -23,11 +25,14 @@ from dataclasses import dataclass, field
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from vla_align.evaluation.stats import LatencySummary, SuccessRate, pooled, summarize_latency
+
+if TYPE_CHECKING:
+    from vla_align.evaluation.embedding_probe import EmbeddingSample
 
 REPORT_JSON = 'report.json'
 REPORT_MD = 'report.md'
@@ -150,6 +155,7 @@ class EvalReport:
     failures: list[FailureBag] = field(default_factory=list)
     filmstrips: list[Filmstrip] = field(default_factory=list)
     attention: list[AttentionExample] = field(default_factory=list)
+    embeddings: Optional[EmbeddingSample] = None
     figures: list[str] = field(default_factory=list)  # written files, relative to the folder
 
     # -- aggregation -----------------------------------------------------------------------
@@ -193,6 +199,8 @@ class EvalReport:
         latency = self.latency
         alignment = self.alignment().to_dict()
         alignment['per_split'] = {s: self.alignment(s).to_dict() for s in self.splits}
+        alignment['embedding_sample'] = (self.embeddings.metrics() if self.embeddings
+                                         else None)
         return {
             'checkpoint': self.checkpoint,
             'policy': self.policy,
@@ -333,6 +341,21 @@ def markdown_report(report: EvalReport) -> str:
         lines += ['', '## Cross-attention', '',
                   'Words->image attention of the fusion blocks, averaged over blocks and '
                   'words, on the first frame of an episode.', '', '![attention](attention.png)']
+    sample = data['alignment']['embedding_sample']
+    if sample:
+        lines += ['', '## The shared V-L-A embedding space', '',
+                  f'{sample["num_samples"]} (image, instruction, expert action) triples: '
+                  'frames of one scripted-expert episode per family and split, embedded by '
+                  'the policy. Retrieval among them (chance in brackets):', '',
+                  '| direction | R@1 | R@5 | mean rank |', '|---|---|---|---|']
+        for name, row in sample['retrieval'].items():
+            lines.append(f'| {name} | {row["recall_at_1"]:.3f} ({row["chance_recall_at_1"]:.3f})'
+                         f' | {row["recall_at_5"]:.3f} ({row["chance_recall_at_5"]:.3f}) | '
+                         f'{row["mean_rank"]:.1f} ({row["chance_mean_rank"]:.1f}) |')
+        gaps = ', '.join(f'{k} {v:.3f}' for k, v in sample['modality_gap'].items())
+        lines += ['', f'Modality gaps (distance between centroids): {gaps}.']
+    if 'embeddings.png' in report.figures:
+        lines += ['', '![embeddings](embeddings.png)']
     if report.failures:
         lines += ['', '## Failed episodes recorded for replay', '',
                   '| split | family | seed | instruction | steps | bag |',
@@ -376,6 +399,9 @@ def write_figures(report: EvalReport, out: Path) -> list[str]:
     if report.attention:
         plots.attention_figure(report.attention, out / 'attention.png')
         names.append('attention.png')
+    if report.embeddings is not None and len(report.embeddings):
+        plots.embedding_figure(report.embeddings, out / 'embeddings.png')
+        names.append('embeddings.png')
     return names
 
 

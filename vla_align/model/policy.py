@@ -37,6 +37,15 @@ class PolicyStep:
     gripper_prob: float = float('nan')  # P(gripper closed) before any snapping to 0/1
 
 
+@dataclass
+class AlignedEmbeddings:
+    """Unit-length embeddings of N (image, instruction, action) triples in the shared space."""
+
+    vision: np.ndarray  # (N, A) float32
+    language: np.ndarray  # (N, A) float32
+    action: np.ndarray  # (N, A) float32
+
+
 class Policy:
     """A loaded model plus its normalisation statistics, ready for per-frame inference."""
 
@@ -102,6 +111,28 @@ class Policy:
         _check_instructions([instruction], 1)
         with torch.inference_mode():
             self.model.encode_text([instruction])
+
+    def embed(self, images: ImageBatch, instructions: Sequence[str], actions: np.ndarray,
+              states: Optional[np.ndarray] = None) -> AlignedEmbeddings:
+        """Vision, language and action embeddings of N frames, their instructions and the
+        (N, 7) actions taken there (de-normalised, as published), for alignment plots."""
+        frames = check_images(images)
+        instructions = _check_instructions(instructions, len(frames))
+        chunk = self.config.chunk_size
+        arr = np.asarray(actions, dtype=np.float32)
+        if arr.shape != (len(frames), 7) or not np.all(np.isfinite(arr)):
+            raise ValueError(f'actions must be finite and of shape ({len(frames)}, 7), got '
+                             f'{_describe(actions)}')
+        normalised = torch.from_numpy(self.stats.normalize_actions(arr)).to(self.device)
+        # A chunked model embeds K steps: repeat the one known action (a held command).
+        normalised = normalised[:, None].expand(-1, chunk, -1)  # (N, K, 7)
+        with torch.inference_mode():
+            out = self._forward(frames, instructions,
+                                self._state_tensor(states, len(frames)))
+            action = self.model.align.embed_action(normalised)
+        return AlignedEmbeddings(vision=out.vision_embedding.float().cpu().numpy(),
+                                 language=out.language_embedding.float().cpu().numpy(),
+                                 action=action.float().cpu().numpy())
 
     def attention_maps(self, image: np.ndarray, instruction: str,
                        state: Optional[np.ndarray] = None) -> np.ndarray:
