@@ -43,6 +43,8 @@ setup(
             'instruction_node = vla_align.ros.instruction_node:main',
             'policy_node = vla_align.ros.policy_node:main',
             'sim_node = vla_align.ros.sim_node:main',
+            'bag_player_node = vla_align.ros.bag_player_node:main',
+            'record = vla_align.ros.record:main',
         ],
     },
 )

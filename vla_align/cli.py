@@ -18,6 +18,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'inspect-bag': ('vla_align.data.inspect', 'summarise a rosbag2 episode (topics, counts)'),
     'train': ('vla_align.train.cli', 'train a policy on collected demonstrations'),
     'eval-sim': ('vla_align.evaluation.sim_eval', 'closed-loop success rates in simulation'),
+    'eval-bag': ('vla_align.evaluation.bag_eval',
+                 'score a policy against the actions recorded in rosbags'),
+    'record': ('vla_align.ros.record', "record the live graph's topics to a rosbag2"),
     'up': ('vla_align.ros.launcher', 'start the ROS 2 node graph from a YAML config'),
 }
 

@@ -162,7 +162,11 @@ class GraphRunner:
                     return RunOutcome(0, f'{episodes} episodes finished', tuple(finished))
                 exited = [n for n in self.nodes if n.poll() is not None]
                 if exited:
+                    # A node that ends its own work (the bag player after the bag) exits 0 and
+                    # ends the graph normally, unless episodes were asked for and are missing.
                     node = exited[0]
+                    if node.poll() == 0 and not episodes:
+                        return RunOutcome(0, f'{node.name} finished', tuple(finished))
                     return RunOutcome(1, f'{node.name} exited with status {node.poll()}',
                                       tuple(finished))
                 if timeout is not None and time.monotonic() - start >= timeout:
