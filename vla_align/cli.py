@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'eval-bag': ('vla_align.evaluation.bag_eval',
                  'score a policy against the actions recorded in rosbags'),
     'record': ('vla_align.ros.record', "record the live graph's topics to a rosbag2"),
+    'bench': ('vla_align.bench.cli', 'measure policy, ROS 2, training and simulation speed'),
     'up': ('vla_align.ros.launcher', 'start the ROS 2 node graph from a YAML config'),
 }
 

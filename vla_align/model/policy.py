@@ -1,17 +1,26 @@
 """`Policy`: the inference API used by the ROS nodes, evaluation and benchmarks.
 
 Takes raw camera frames (any size, uint8 RGB) and instruction strings, returns de-normalised
-7-DoF actions plus the V-L alignment score. Imports no training code. It runs under
-``torch.inference_mode`` with a channels-last vision trunk and, by default, mixed precision
-where the hardware has it natively: bf16 autocast on CUDA (fp16 where bf16 is unsupported) and
-on CPUs with AVX512-BF16/AMX (measured 11.1 -> 9.8 ms per step on this project's 2-core EPYC);
-``precision='fp32'`` turns it off. Instructions are encoded once and cached
-(`encode_instruction`).
+7-DoF actions plus the V-L alignment score. Imports no training code.
+
+Speed (figures and how they were measured: ``vla-align bench``, docs/BENCHMARKS.md):
+- ``torch.inference_mode`` and a channels-last vision trunk;
+- mixed precision where the hardware has it natively (``precision='auto'``): bf16 autocast of
+  the whole model on CUDA (fp16 where bf16 is unsupported); on CPUs with AVX512-BF16/AMX, bf16
+  for the convolutional trunk only, since the small fusion matmuls lose more to per-call weight
+  casts than bf16 gains them. ``precision='fp32'`` turns it off;
+- instructions encoded once and cached (`encode_instruction`);
+- on CUDA, frames cross to the GPU from pinned memory without blocking;
+- ``compile=True``: ``torch.compile`` of the model (CPU: inductor with weight freezing, which
+  folds batch norms and pre-packs weights; CUDA: CUDA graphs via mode 'reduce-overhead'). It
+  costs tens of seconds on the first step and again per new batch size; the instruction length
+  is compiled as a dynamic dimension so a new instruction does not recompile.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,11 +32,16 @@ from vla_align.data.normalization import NormalizationStats
 from vla_align.model.checkpoint import load_checkpoint, save_checkpoint
 from vla_align.model.config import PolicyConfig
 from vla_align.model.device import autocast, autocast_dtype, resolve_device
+from vla_align.model.language import TextEmbedding
 from vla_align.model.processing import ImageBatch, check_images, resize_uint8
 from vla_align.model.vla import VLAModel, VLAOutput
 from vla_align.sim.types import STATE_DIM
 
 PRECISIONS = ('auto', 'fp32')
+#: Where mixed precision applies: the whole model, or the convolutional trunk alone.
+AUTOCAST_SCOPES = ('model', 'vision')
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,7 +65,8 @@ class Policy:
 
     def __init__(self, model: VLAModel, stats: NormalizationStats,
                  device: str | torch.device = 'auto',
-                 metadata: Optional[dict[str, Any]] = None, precision: str = 'auto') -> None:
+                 metadata: Optional[dict[str, Any]] = None, precision: str = 'auto',
+                 compile: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
         self.device = resolve_device(device)
@@ -62,19 +77,29 @@ class Policy:
         # oneDNN (CPU) and cuDNN (GPU) both run these convolutions faster in NHWC.
         self.model.vision.trunk.to(memory_format=torch.channels_last)
         self.autocast_dtype = autocast_dtype(self.device, enabled=precision == 'auto')
+        # One of AUTOCAST_SCOPES: on CPU bf16 pays for the convolutions only (module docstring).
+        self.autocast_scope = 'model' if self.device.type == 'cuda' else 'vision'
+        self._compiled: Optional[torch.nn.Module] = self._compile() if compile else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = 'auto',
-                        precision: str = 'auto') -> Policy:
+                        precision: str = 'auto', compile: bool = False) -> Policy:
         """Load a checkpoint folder; raises `CheckpointError` with a one-line reason."""
         checkpoint = load_checkpoint(path, device='cpu')
-        return cls(checkpoint.model, checkpoint.stats, device, checkpoint.metadata, precision)
+        return cls(checkpoint.model, checkpoint.stats, device, checkpoint.metadata, precision,
+                   compile)
 
     @classmethod
     def from_config(cls, config: PolicyConfig, device: str = 'auto',
-                    precision: str = 'auto') -> Policy:
+                    precision: str = 'auto', compile: bool = False) -> Policy:
         """A randomly initialised policy with identity normalisation (tests, smoke runs)."""
-        return cls(VLAModel(config), NormalizationStats.identity(), device, precision=precision)
+        return cls(VLAModel(config), NormalizationStats.identity(), device, precision=precision,
+                   compile=compile)
+
+    @property
+    def compiled(self) -> bool:
+        """True while steps run through ``torch.compile`` (False after a fallback to eager)."""
+        return self._compiled is not None
 
     # ----------------------------------------------------------------------------------------
     def step(self, image: np.ndarray, instruction: str,
@@ -96,7 +121,8 @@ class Policy:
         frames = check_images(images)
         instructions = _check_instructions(instructions, len(frames))
         with torch.inference_mode():
-            out = self._forward(frames, instructions, self._state_tensor(states, len(frames)))
+            out = self._forward(frames, instructions, self.prepare_state(states, len(frames)),
+                                allow_compiled=True)
             arm = out.arm[:, 0].float().cpu().numpy()  # (B, 6) normalised, first chunk step
             prob = out.gripper_prob[:, 0].cpu().numpy()  # (B,)
             alignment = out.alignment.float().cpu().numpy()  # (B,)
@@ -128,7 +154,7 @@ class Policy:
         normalised = normalised[:, None].expand(-1, chunk, -1)  # (N, K, 7)
         with torch.inference_mode():
             out = self._forward(frames, instructions,
-                                self._state_tensor(states, len(frames)))
+                                self.prepare_state(states, len(frames)))
             action = self.model.align.embed_action(normalised)
         return AlignedEmbeddings(vision=out.vision_embedding.float().cpu().numpy(),
                                  language=out.language_embedding.float().cpu().numpy(),
@@ -147,7 +173,7 @@ class Policy:
             state = self.stats.state_mean  # the state only enters the readout, not the fusion
         states = None if state is None else np.asarray(state)[None]
         with torch.inference_mode():
-            out = self._forward(frames, [instruction], self._state_tensor(states, 1),
+            out = self._forward(frames, [instruction], self.prepare_state(states, 1),
                                 need_attention=True)
         grid_h, grid_w = out.attention['grid']
         blocks = out.attention['fusion']
@@ -167,15 +193,63 @@ class Policy:
 
     # ----------------------------------------------------------------------------------------
     def _forward(self, frames: np.ndarray, instructions: list[str],
-                 state: Optional[torch.Tensor], need_attention: bool = False) -> VLAOutput:
-        pixels = torch.from_numpy(frames).to(self.device, non_blocking=True)  # (B, H, W, 3)
-        pixels = resize_uint8(pixels.permute(0, 3, 1, 2), self.config.image_size)
-        pixels = pixels.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+                 state: Optional[torch.Tensor], need_attention: bool = False,
+                 allow_compiled: bool = False) -> VLAOutput:
+        pixels = self.prepare_pixels(frames)
         text = self.model.encode_text(instructions)
-        with autocast(self.device, self.autocast_dtype):
-            return self.model(pixels, text, state, need_attention=need_attention)
+        if allow_compiled and self._compiled is not None and not need_attention:
+            out = self._run_compiled(pixels, text, state)
+            if out is not None:
+                return out
+        return self.run_model(pixels, text, state, need_attention)
 
-    def _state_tensor(self, states: Optional[np.ndarray], batch: int) -> Optional[torch.Tensor]:
+    # -- the parts of a step (and prepare_state), public for benchmarks ----------------------
+    def prepare_pixels(self, frames: np.ndarray) -> torch.Tensor:
+        """Checked (B, H, W, 3) uint8 frames -> (B, 3, S, S) float model input on the device,
+        channels-last."""
+        pixels = torch.from_numpy(frames)  # shares the array's memory
+        if self.device.type == 'cuda':
+            # From pinned (page-locked) memory the copy is a true asynchronous DMA.
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        pixels = resize_uint8(pixels.permute(0, 3, 1, 2), self.config.image_size)
+        return pixels.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+    def run_model(self, pixels: torch.Tensor, text: TextEmbedding,
+                  state: Optional[torch.Tensor], need_attention: bool = False,
+                  model: Optional[torch.nn.Module] = None) -> VLAOutput:
+        """The eager (or given) model on prepared inputs, in this policy's precision. The
+        caller picks the grad mode (`step_batch` uses ``torch.inference_mode``)."""
+        model = self.model if model is None else model
+        if self.autocast_scope == 'vision':
+            return model(pixels, text, state, need_attention=need_attention,
+                         vision_autocast=self.autocast_dtype)
+        with autocast(self.device, self.autocast_dtype):
+            return model(pixels, text, state, need_attention=need_attention)
+
+    def _compile(self) -> torch.nn.Module:
+        if self.device.type == 'cuda':
+            return torch.compile(self.model, mode='reduce-overhead')
+        # Freezing treats the (never changing) weights as constants: batch norms fold into
+        # the convolutions and weights are pre-packed for oneDNN.
+        return torch.compile(self.model, options={'freezing': True})
+
+    def _run_compiled(self, pixels: torch.Tensor, text: TextEmbedding,
+                      state: Optional[torch.Tensor]) -> Optional[VLAOutput]:
+        """The compiled model's output, or None after falling back to eager for good."""
+        # Instructions differ in length: compile that dimension as dynamic, not once per length.
+        torch._dynamo.mark_dynamic(text.tokens, 1)
+        torch._dynamo.mark_dynamic(text.mask, 1)
+        try:
+            return self.run_model(pixels, text, state, model=self._compiled)
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            LOG.warning('torch.compile failed (%s: %s); running the policy eagerly',
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else '')
+            self._compiled = None
+            return None
+
+    def prepare_state(self, states: Optional[np.ndarray], batch: int) -> Optional[torch.Tensor]:
+        """(batch, STATE_DIM) raw states -> normalised tensor on the device (None when the
+        model takes no proprioception); raises ValueError for missing or malformed states."""
         if not self.config.use_proprio:
             return None
         if states is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -68,12 +69,19 @@ class VisionEncoder(nn.Module):
     def num_tokens(self) -> int:
         return self.grid_h * self.grid_w
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor,
+                trunk_autocast: Optional[torch.dtype] = None) -> torch.Tensor:
+        """``trunk_autocast`` runs the convolutional trunk alone in that mixed precision (the
+        tokens come back in the input dtype); None leaves precision to the caller's context."""
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f'VisionEncoder expects {self.image_size}x{self.image_size} images, '
                              f'got {tuple(images.shape[-2:])}')
         x = (images - self.pixel_mean) / self.pixel_std
-        feats = self.trunk(x)  # (B, C, h, w)
+        if trunk_autocast is None:
+            feats = self.trunk(x)  # (B, C, h, w)
+        else:
+            with torch.autocast(x.device.type, dtype=trunk_autocast):
+                feats = self.trunk(x).to(x.dtype)
         tokens = self.proj(feats.flatten(2).transpose(1, 2))  # (B, h*w, D)
         pos = (self.row_embed + self.col_embed).reshape(1, -1, tokens.shape[-1])  # (1, h*w, D)
         return tokens + pos

@@ -94,14 +94,16 @@ class VLAModel(nn.Module):
 
     def forward(self, images: torch.Tensor, text: TextInput,
                 state: Optional[torch.Tensor] = None, targets: Optional[ActionTargets] = None,
-                need_attention: bool = False) -> VLAOutput:
+                need_attention: bool = False,
+                vision_autocast: Optional[torch.dtype] = None) -> VLAOutput:
         """images (B, 3, S, S) float in [0, 1]; text: B instructions or their embedding;
-        state (B, STATE_DIM) normalised proprioception (required when use_proprio)."""
+        state (B, STATE_DIM) normalised proprioception (required when use_proprio);
+        vision_autocast: mixed precision for the convolutional trunk alone (CPU inference)."""
         if not isinstance(text, TextEmbedding):
             text = self.language.encode(text)
         if len(text) != len(images):
             raise ValueError(f'{len(images)} images but {len(text)} instructions')
-        vision = self.vision(images)  # (B, N, D)
+        vision = self.vision(images, trunk_autocast=vision_autocast)  # (B, N, D)
         words = torch.cat([self.sentence_proj(text.pooled).unsqueeze(1),
                            self.word_proj(text.tokens)], dim=1)  # (B, 1+L, D)
         word_mask = torch.cat([text.mask.new_ones(len(text), 1), text.mask], dim=1)  # (B, 1+L)
