@@ -388,7 +388,8 @@ def test_sim_node_starts_episodes_on_request_and_applies_actions(ros_context, sp
     ('sim_nodes.yaml', {}),
     ('robot_nodes.yaml', {'camera_node': {'source': 'IMAGES'}, 'policy_node': {
         'source': 'expert'}}),
-    ('replay_nodes.yaml', {'policy_node': {'source': 'expert'}}),
+    ('replay_nodes.yaml', {'policy_node': {'source': 'expert'}, 'bag_player_node': {
+        'bag': 'BAG'}, 'record': {'output': 'RECORDING'}}),
 ])
 def test_every_configured_parameter_is_declared_by_its_node(ros_environment, tmp_path,
                                                             params_file, overrides):
@@ -396,19 +397,27 @@ def test_every_configured_parameter_is_declared_by_its_node(ros_environment, tmp
     import rclpy
     import yaml
 
+    from test_eval_bag import varied_episode
+
+    from vla_align.data.bag_io import write_episode_bag
+    from vla_align.ros import record
+    from vla_align.ros.bag_player_node import BagPlayerNode
     from vla_align.ros.sim_node import SimNode
 
     cv2.imwrite(str(tmp_path / 'frame.png'), np.zeros((8, 8, 3), np.uint8))
+    write_episode_bag(varied_episode(0, steps=2), tmp_path / 'bag')
+    paths = {'IMAGES': str(tmp_path), 'BAG': str(tmp_path / 'bag'),
+             'RECORDING': str(tmp_path / 'recording')}
     path = Path(__file__).resolve().parents[1] / 'config' / params_file
     sections = yaml.safe_load(path.read_text())
     classes = {'sim_node': SimNode, 'camera_node': CameraNode,
-               'instruction_node': InstructionNode, 'policy_node': PolicyNode}
+               'instruction_node': InstructionNode, 'policy_node': PolicyNode,
+               'bag_player_node': BagPlayerNode, 'record': record._node_class()}
     context = rclpy.Context()
     rclpy.init(args=['--ros-args', '--params-file', str(path)], context=context)
     try:
         for name, section in sections.items():
-            extra = {k: str(tmp_path) if v == 'IMAGES' else v
-                     for k, v in overrides.get(name, {}).items()}
+            extra = {k: paths.get(v, v) for k, v in overrides.get(name, {}).items()}
             node = classes[name](context=context, parameter_overrides=[
                 Parameter(k, value=v) for k, v in extra.items()])
             undeclared = [k for k in section['ros__parameters'] if not node.has_parameter(k)]

@@ -550,12 +550,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='auto',
                         help="torch device of the policy in each worker (default 'auto')")
     parser.add_argument('--no-plots', action='store_true', help='write no PNG figures')
+    parser.add_argument('--via-ros', action='store_true',
+                        help='also run the episodes through the ROS 2 node graph (sim node + '
+                             'policy node) and report how the two paths agree (ros_eval.py)')
+    parser.add_argument('--ros-rate', type=float, default=0.0, metavar='HZ',
+                        help='--via-ros: control ticks per second of the graph; 0 (default): '
+                             'lockstep, the simulator waits for each action')
+    parser.add_argument('--ros-timeout', type=float, default=None, metavar='S',
+                        help='--via-ros: stop the graph after S seconds (default: 60 + 20 per '
+                             'episode)')
 
 
 def run(args: argparse.Namespace) -> int:
     name = 'zero-policy' if args.zero_policy else args.checkpoint.name
     stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
     out = args.out or Path('runs') / 'eval_sim' / f'{name}-{stamp}'
+    if args.via_ros:
+        from vla_align.evaluation.ros_eval import run_cli
+
+        return run_cli(args, out, _names(args.splits), _names(args.families))
     expected: tuple[type[Exception], ...] = (ValueError,)  # SuiteError, ConfigError, EvalError
     if not args.zero_policy:
         from vla_align.model.checkpoint import CheckpointError

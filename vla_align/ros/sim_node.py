@@ -16,16 +16,34 @@ starts the next one at any time.
 With ``publish_expert_action`` the scripted expert's suggestion for the current state goes out
 on /vla/expert_action; the policy node's ``source: expert`` relays it (demo without a trained
 checkpoint; never on a real robot).
+
+For evaluation (``vla-align eval-sim --via-ros``):
+- ``episode_list`` names the episodes to run, in order, as ``split:family:seed`` entries (it
+  replaces family/split/seed); after the last one the node stays idle, reporting it done.
+- ``tick_rate`` runs the control loop faster (or slower) than real time: each tick is still one
+  control step of ``1 / control_rate`` simulated seconds, so the dynamics do not change.
+- ``lockstep`` makes the world wait for the policy: an observation is published once, and the
+  next step applies the first action received after it (a hold if none came within
+  ``action_timeout_s``). Timing then plays no part, which separates "does the graph compute the
+  same actions" from "does it keep up". The first observation of an episode follows its
+  instruction by one tick, so the policy acts on the new instruction. The final observation of
+  an episode is not published (no action can answer it). The policy node's frame pacing
+  (its ``control_rate``) must be faster than the tick rate, or frames go unanswered.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 import time
 from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 import numpy as np
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float32MultiArray, String
 from std_srvs.srv import Trigger
@@ -45,6 +63,7 @@ from vla_align.ros.conversions import (
 from vla_align.ros.episode_status import EpisodeStatus
 from vla_align.ros.metrics import RateMeter
 from vla_align.ros.params import (
+    ParameterConfigError,
     StartupError,
     declare_bool,
     declare_float,
@@ -55,6 +74,42 @@ from vla_align.ros.runner import run_node
 from vla_align.sim.types import PANDA_JOINT_NAMES, SPLITS, TASK_FAMILIES, Observation
 
 NODE_NAME = 'sim_node'
+#: Lockstep warm-up: the policy is taken to be answering frames once it was silent this long.
+WARMUP_QUIET_S = 0.15
+
+
+@dataclass(frozen=True)
+class PlannedEpisode:
+    """One entry of ``episode_list``: the task suite's ``(family, split, seed)`` task."""
+
+    split: str
+    family: str
+    seed: int
+
+    def entry(self) -> str:
+        return f'{self.split}:{self.family}:{self.seed}'
+
+
+def parse_episode_list(entries: Sequence[str]) -> list[PlannedEpisode]:
+    """``['seen:reach:1000', ...]`` -> planned episodes; ValueError names a malformed entry."""
+    episodes = []
+    for entry in entries:
+        parts = [part.strip() for part in str(entry).split(':')]
+        if len(parts) != 3:
+            raise ValueError(f'episode_list entry {entry!r} is not split:family:seed')
+        split, family, seed = parts
+        if split not in SPLITS or family not in TASK_FAMILIES:
+            raise ValueError(f'episode_list entry {entry!r}: split must be one of {SPLITS} '
+                             f'and family one of {TASK_FAMILIES}')
+        try:
+            number = int(seed)
+        except ValueError:
+            raise ValueError(f'episode_list entry {entry!r}: seed {seed!r} is not an '
+                             f'integer') from None
+        if number < 0:
+            raise ValueError(f'episode_list entry {entry!r}: seed must be >= 0')
+        episodes.append(PlannedEpisode(split, family, number))
+    return episodes
 
 
 class SimNode(Node):
@@ -63,7 +118,8 @@ class SimNode(Node):
         # First: destroy_node runs even after a failed start.
         self._env = None
         self._stats = {'actions_applied': 0, 'holds_applied': 0, 'invalid_actions': 0,
-                       'episodes_finished': 0, 'successes': 0}
+                       'action_timeouts': 0, 'episodes_finished': 0, 'successes': 0,
+                       'plan_finished': 0}
         self.family = declare_str(self, 'family', 'all',
                                   'task family of the episodes, or all to cycle through them',
                                   ('all', *TASK_FAMILIES))
@@ -93,6 +149,17 @@ class SimNode(Node):
                                             'start the first episode only once a node publishes '
                                             'on /vla/action (a policy still loading its model '
                                             'would otherwise lose the episode)')
+        episode_list = self._declare_episode_list()
+        tick_rate = declare_float(self, 'tick_rate', 0.0,
+                                  'control ticks per wall-clock second (0: control_rate, real '
+                                  'time); a tick is still one 1/control_rate simulated step',
+                                  0.0, 1000.0)
+        self.lockstep = declare_bool(self, 'lockstep', False,
+                                     'wait for the action answering each observation before '
+                                     'stepping (evaluation; not real time)')
+        self.action_timeout_s = declare_float(self, 'action_timeout_s', 2.0,
+                                              'lockstep: apply a hold when no action came this '
+                                              'long after an observation (s)', 0.001, 3600.0)
         self.publish_expert = declare_bool(self, 'publish_expert_action', False,
                                            "publish the scripted expert's suggested action on "
                                            '/vla/expert_action (demo/debug; privileged state)')
@@ -103,11 +170,13 @@ class SimNode(Node):
         self._env, self._suite = self._make_world(control_rate, width, height, max_steps,
                                                   suite_path)
         self.first_seed = seed if seed >= 0 else self._suite.seeds(self.split, 'eval', 1)[0]
+        self._planned = self._check_episode_list(episode_list)
 
         # Episode state.
         self._episode = -1
-        self._seed = self.first_seed - 1
+        self._seed = self.first_seed
         self._task_family = ''
+        self._task_split = self.split
         self._instruction = ''
         self._step = 0
         self._success = False
@@ -120,6 +189,11 @@ class SimNode(Node):
         self._gripper = 0.0
         self._invalid_reported = False
         self._step_rate = RateMeter()
+        # Lockstep: when the observation awaiting its action was published (None: none awaits).
+        self._awaiting_since: Optional[float] = None
+        self._publish_pending = False  # lockstep: publish the observation at the next tick
+        self._warmup_since: Optional[float] = None  # lockstep: see _warmed_up
+        self._last_action_at = -float('inf')  # time.monotonic() of the newest action message
 
         self._image_pub = self.create_publisher(Image, topics.IMAGE, qos.SENSOR_DATA)
         self._info_pub = self.create_publisher(CameraInfo, topics.CAMERA_INFO, qos.SENSOR_DATA)
@@ -136,12 +210,29 @@ class SimNode(Node):
                                                     self._on_action, qos.COMMANDS)
         self._waiting_reported = False
         self.create_service(Trigger, topics.RESET_EPISODE, self._on_reset_request)
-        self._timer = self.create_timer(1.0 / control_rate, self._on_tick)
+        tick_rate = tick_rate or control_rate
+        self._timer = self.create_timer(1.0 / tick_rate, self._on_tick)
         self._diagnostics_timer = self.create_timer(diagnostics_period, self._publish_diagnostics)
-        self.get_logger().info(f'simulating {self.family} / {self.split} from seed '
-                               f'{self.first_seed} at {control_rate:g} Hz, {width}x{height} '
-                               f'images' + (', publishing expert actions'
-                                            if self.publish_expert else ''))
+        plan = (f'{len(self._planned)} listed episodes' if self._planned else
+                f'{self.family} / {self.split} from seed {self.first_seed}')
+        self.get_logger().info(f'simulating {plan} at {control_rate:g} Hz ({tick_rate:g} ticks '
+                               f'per second{", lockstep" if self.lockstep else ""}), '
+                               f'{width}x{height} images' + (', publishing expert actions'
+                                                              if self.publish_expert else ''))
+
+    def _declare_episode_list(self) -> list[str]:
+        # Typed explicitly: an empty default would make rclpy expect a byte array.
+        description = ('episodes to run in order, as split:family:seed (replaces '
+                       'family/split/seed; unset: run episodes without end)')
+        try:
+            value = self.declare_parameter(
+                'episode_list', Parameter.Type.STRING_ARRAY,
+                ParameterDescriptor(description=description, read_only=True)).value
+        except ParameterException as exc:
+            raise ParameterConfigError(f"{NODE_NAME}: parameter 'episode_list' refused "
+                                       f'({exc}); expected a list of strings. '
+                                       f'episode_list: {description}') from None
+        return list(value or [])
 
     def _make_world(self, control_rate: float, width: int, height: int, max_steps: int,
                     suite_path: str):
@@ -163,38 +254,122 @@ class SimNode(Node):
                                f'(it has {", ".join(suite.splits)})')
         return ManipulationEnv(config), suite
 
+    def _check_episode_list(self, entries: list[str]) -> list[PlannedEpisode]:
+        """Parse ``episode_list`` and draw each task once, so a bad entry stops the start."""
+        try:
+            planned = parse_episode_list(entries)
+            for episode in planned:
+                self._suite.sample_task(episode.family, episode.split, episode.seed)
+        except ValueError as exc:
+            raise StartupError(f'{NODE_NAME}: {exc}') from None
+        return planned
+
     # -- callbacks: cache only ------------------------------------------------------------------
     def _on_action(self, msg: Float32MultiArray) -> None:
         try:
-            self._action = multiarray_to_action(msg)
+            action = multiarray_to_action(msg)
         except ValueError as exc:
             self._stats['invalid_actions'] += 1
             if not self._invalid_reported:
                 self.get_logger().warning(f'ignoring invalid action message: {exc}')
                 self._invalid_reported = True
+            return
+        self._action = action
+        self._last_action_at = time.monotonic()
 
     def _on_reset_request(self, request: Trigger.Request,
                           response: Trigger.Response) -> Trigger.Response:
+        following = self._episode + 1
+        if self._planned and following >= len(self._planned):
+            response.success = False
+            response.message = f'all {len(self._planned)} listed episodes have run'
+            return response
         self._reset_requested = True
         response.success = True
-        response.message = (f'episode {self._episode + 1} (seed {self._seed + 1}) starts at '
-                            f'the next control step')
+        response.message = (f'episode {following} (seed {self._episode_task(following).seed}) '
+                            f'starts at the next control step')
         return response
 
     # -- work -----------------------------------------------------------------------------------
     def _on_tick(self) -> None:
         now = time.monotonic()
-        if self._episode < 0 and not self._policy_ready():
+        if self._episode < 0 and not (self._policy_ready()
+                                      and (not self.lockstep or self._warmed_up(now))):
             return
         if self._reset_requested or (self.auto_reset and self._done and self._done_at is not None
                                      and now - self._done_at >= self.reset_delay_s):
             self._reset_requested = False
+            if self._plan_finished():
+                return
             if not self._start_episode():
                 return
+            if self.lockstep:  # the instruction goes out first; the frame at the next tick
+                self._publish_pending = True
+                return
         elif not self._done:
+            if self.lockstep and not self._ready_to_step(now):
+                if self._publish_pending:
+                    self._publish_lockstep_observation(now)
+                return
             self._advance(now)
-        if self._obs is not None:
+        if self.lockstep:
+            if not self._done:
+                self._publish_lockstep_observation(now)
+        elif self._obs is not None:
             self._publish_observation()
+
+    def _warmed_up(self, now: float) -> bool:
+        """Lockstep, before the first episode: is the policy node done answering old inputs?
+
+        Until its first frame a policy node publishes holds ('no image yet') at its control
+        rate; one of them could arrive just after the first observation and pass for its
+        answer. So the first episode's first observation goes out once as a warm-up, before
+        any instruction (the policy answers with a hold that changes nothing), and the
+        episode starts when no action has come for ``WARMUP_QUIET_S``.
+        """
+        if self._warmup_since is None:
+            planned = self._episode_task(0)
+            try:
+                task = self._suite.sample_task(planned.family, planned.split, planned.seed)
+                self._obs = self._env.reset(planned.seed, task)
+            except ValueError:  # _start_episode reports it
+                return True
+            self._publish_observation()
+            self._obs = None
+            self._warmup_since = now
+            return False
+        return now - max(self._last_action_at, self._warmup_since) >= WARMUP_QUIET_S
+
+    def _ready_to_step(self, now: float) -> bool:
+        """Lockstep: has the action answering the published observation come (or timed out)?"""
+        if self._publish_pending or self._awaiting_since is None:
+            return False
+        if self._action is not None:
+            return True
+        if now - self._awaiting_since < self.action_timeout_s:
+            return False
+        self._stats['action_timeouts'] += 1
+        self.get_logger().warning(f'no action {self.action_timeout_s:g} s after the observation '
+                                  f'of step {self._step}: applying a hold')
+        return True
+
+    def _publish_lockstep_observation(self, now: float) -> None:
+        """Publish the newest observation once; the next action received answers it."""
+        self._publish_pending = False
+        if self._obs is None:
+            return
+        self._action = None  # anything received before this observation answers an older one
+        self._awaiting_since = None if self._done else now
+        self._publish_observation()
+
+    def _plan_finished(self) -> bool:
+        """With ``episode_list``: True (and the node idle) once every listed episode ran."""
+        if not self._planned or self._episode + 1 < len(self._planned):
+            return False
+        if not self._stats['plan_finished']:
+            self._stats['plan_finished'] = 1
+            self.get_logger().info(f'all {len(self._planned)} listed episodes finished')
+        return True
 
     def _policy_ready(self) -> bool:
         """Before the first episode: is someone publishing actions (if we wait for that)?"""
@@ -208,11 +383,11 @@ class SimNode(Node):
 
     def _start_episode(self) -> bool:
         self._episode += 1
-        self._seed += 1
-        family = (TASK_FAMILIES[self._episode % len(TASK_FAMILIES)] if self.family == 'all'
-                  else self.family)
+        planned = self._episode_task(self._episode)
+        split, family, self._seed = planned.split, planned.family, planned.seed
+        self._task_split = split
         try:
-            task = self._suite.sample_task(family, self.split, self._seed)
+            task = self._suite.sample_task(family, split, self._seed)
             self._obs = self._env.reset(self._seed, task)
         except ValueError as exc:
             self.get_logger().error(f'cannot start episode {self._episode} ({family}, seed '
@@ -227,6 +402,14 @@ class SimNode(Node):
         self.get_logger().info(f'episode {self._episode}: {family}, seed {self._seed}: '
                                f'{self._instruction!r}')
         return True
+
+    def _episode_task(self, episode: int) -> PlannedEpisode:
+        """Which task episode number ``episode`` (from 0) runs."""
+        if self._planned:
+            return self._planned[episode]
+        family = (TASK_FAMILIES[episode % len(TASK_FAMILIES)] if self.family == 'all'
+                  else self.family)
+        return PlannedEpisode(self.split, family, self.first_seed + episode)
 
     def _advance(self, now: float) -> None:
         action, self._action = self._action, None
@@ -252,7 +435,7 @@ class SimNode(Node):
 
     def _publish_status(self) -> None:
         status = EpisodeStatus(episode=self._episode, family=self._task_family,
-                               split=self.split, seed=self._seed,
+                               split=self._task_split, seed=self._seed,
                                instruction=self._instruction, step=self._step,
                                success=self._success, done=self._done)
         self._status_pub.publish(String(data=status.to_json()))
@@ -261,15 +444,16 @@ class SimNode(Node):
         obs = self._obs
         stamp = self.get_clock().now().to_msg()
         camera = self._env.camera
+        # The image last: a policy node acts on image arrival, with the newest robot state
+        # (and, relaying the expert, the newest expert suggestion) it has by then.
         if self._expert_pub is not None and not self._done:
-            # Before the image: a policy node relaying the expert acts on image arrival.
             self._expert_pub.publish(action_to_multiarray(self._env.expert_action()))
-        self._image_pub.publish(rgb_to_image(obs.image, stamp, camera.frame_id))
-        self._info_pub.publish(camera_info_msg(obs.image.shape[1], obs.image.shape[0],
-                                               camera.intrinsics(), stamp, camera.frame_id))
         self._joints_pub.publish(joint_state_msg(PANDA_JOINT_NAMES, obs.joint_positions, stamp))
         self._pose_pub.publish(pose_msg(obs.ee_position, obs.ee_orientation, stamp,
                                         self.base_frame))
+        self._info_pub.publish(camera_info_msg(obs.image.shape[1], obs.image.shape[0],
+                                               camera.intrinsics(), stamp, camera.frame_id))
+        self._image_pub.publish(rgb_to_image(obs.image, stamp, camera.frame_id))
 
     def _publish_diagnostics(self) -> None:
         values = {'episode': self._episode, 'seed': self._seed, 'family': self._task_family,
