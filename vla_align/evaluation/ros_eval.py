@@ -39,7 +39,7 @@ from tqdm import tqdm
 from vla_align.evaluation.sim_eval import (
     Agent,
     EvalError,
-    _Plan,
+    EvalPlan,
     evaluate,
 )
 from vla_align.evaluation.sim_report import (
@@ -202,7 +202,7 @@ def evaluate_via_ros(policy: Union[str, os.PathLike, type[ExpertAgent]],
     if suite.path is None:
         raise EvalError('evaluation through ROS needs a task-suite file (the sim node loads '
                         'it by path), not an in-memory suite')
-    plan = _Plan.make(suite, splits, families, episodes)
+    plan = EvalPlan.make(suite, splits, families, episodes)
     jobs = plan.jobs()
     source = _policy_parameters(policy, device)
     if timing.tick_rate < 0:

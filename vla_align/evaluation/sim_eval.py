@@ -350,7 +350,7 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
     env_config = env_config or EnvConfig()
     factory, checkpoint = _resolve_policy(policy, device)
     suite = suite if isinstance(suite, TaskSuite) else load_suite(suite)
-    plan = _Plan.make(suite, splits, families, episodes)
+    plan = EvalPlan.make(suite, splits, families, episodes)
     if workers < 1:
         raise EvalError(f'workers must be >= 1, got {workers}')
     if keep_failures < 0:
@@ -399,7 +399,7 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
 
 
 @dataclass(frozen=True)
-class _Plan:
+class EvalPlan:
     """The cells (split x family) to evaluate and the seeds of each split."""
 
     splits: tuple[str, ...]
@@ -409,7 +409,7 @@ class _Plan:
 
     @classmethod
     def make(cls, suite: TaskSuite, splits: Optional[Sequence[str]],
-             families: Optional[Sequence[str]], episodes: int) -> _Plan:
+             families: Optional[Sequence[str]], episodes: int) -> EvalPlan:
         splits = tuple(dict.fromkeys(splits or suite.splits))
         families = tuple(dict.fromkeys(families or suite.families))
         bad_splits = [s for s in splits if s not in suite.splits]
@@ -489,7 +489,7 @@ def select_failures(records: Iterable[EpisodeRecord], splits: Sequence[str],
     return chosen
 
 
-def _record_failures(runner: _Runner, records: list[EpisodeRecord], plan: _Plan, limit: int,
+def _record_failures(runner: _Runner, records: list[EpisodeRecord], plan: EvalPlan, limit: int,
                      out: Path, progress: bool) -> list[FailureBag]:
     chosen = select_failures(records, plan.splits, plan.families, limit)
     if not chosen:
