@@ -10,11 +10,12 @@ import torch
 
 from vla_align.bench.cli import BenchSettings, run_bench
 from vla_align.bench.report import check_targets, write_report
-from vla_align.bench.ros_latency import private_ros_domain
+from vla_align.bench.ros_latency import PRIVATE_DOMAINS
 from vla_align.bench.timing import LatencyStats, Variant, time_interleaved
 from vla_align.cli import main
 from vla_align.model.config import PolicyConfig
 from vla_align.model.policy import Policy
+from vla_align.ros.isolation import private_ros_domain
 
 MACHINE_KEYS = {'device', 'device_name', 'cpu_model', 'cpu_count', 'torch_threads',
                 'torch_version', 'load_average_at_start', 'started_at', 'cpu_native_bf16'}
@@ -158,15 +159,22 @@ def test_latency_stats_are_percentiles_in_milliseconds():
         LatencyStats.from_seconds([])
 
 
-def test_ros_measurement_runs_in_a_private_domain_and_restores_the_environment(monkeypatch):
+def test_ros_measurement_runs_in_a_private_domain_and_restores_the_environment(monkeypatch,
+                                                                               tmp_path):
+    # The bench's domains are neither the interactive default nor the tests' or eval's.
+    assert min(PRIVATE_DOMAINS) > 200 and max(PRIVATE_DOMAINS) <= 232
     monkeypatch.setenv('ROS_DOMAIN_ID', '0')
     monkeypatch.delenv('ROS_LOCALHOST_ONLY', raising=False)
-    with private_ros_domain() as domain:
-        assert os.environ['ROS_DOMAIN_ID'] == str(domain) != '0'
+    with private_ros_domain(PRIVATE_DOMAINS[0], str(tmp_path)) as env:
+        assert os.environ['ROS_DOMAIN_ID'] == env['ROS_DOMAIN_ID'] == str(PRIVATE_DOMAINS[0])
         assert os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
         assert os.environ['ROS_LOCALHOST_ONLY'] == '1'
+        assert os.environ['ROS_LOG_DIR'] == str(tmp_path)
     assert os.environ['ROS_DOMAIN_ID'] == '0'
     assert 'ROS_LOCALHOST_ONLY' not in os.environ
+    with pytest.raises(ValueError, match='0..232'):
+        with private_ros_domain(300, str(tmp_path)):
+            pass
 
 
 def test_cli_refuses_bad_arguments_with_a_message(tmp_path, capsys):

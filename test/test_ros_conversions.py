@@ -2,24 +2,30 @@
 import math
 
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from vla_align.actions import ACTION_LABELS, UnsafeActionError
 from vla_align.ros.conversions import (
     ACTION_LAYOUT_LABEL,
     ImageConversionError,
+    StateConversionError,
     action_to_multiarray,
     action_to_twist,
     camera_info_msg,
     gripper_msg,
     image_to_rgb,
+    joint_positions,
     multiarray_to_action,
     rgb_to_image,
     seconds_to_stamp,
     stamp_to_seconds,
+    valid_pose_arrays,
 )
 
 STAMP = Time(sec=12, nanosec=345)
@@ -171,3 +177,77 @@ def test_stamps_round_trip_and_refuse_negative_times():
     assert stamp_to_seconds(stamp) == pytest.approx(1700000000.25)
     with pytest.raises(ValueError):
         seconds_to_stamp(-1.0)
+
+
+# --- robustness: every malformed message is refused with a reason, never a crash --------------
+
+def _reference_is_valid(width, height, encoding, step, size, max_pixels):
+    channels = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}.get(encoding.lower())
+    return (channels is not None and width > 0 and height > 0 and step >= width * channels
+            and size == step * height and width * height <= max_pixels)
+
+
+@settings(max_examples=400, deadline=None)
+@given(width=st.integers(0, 40), height=st.integers(0, 40),
+       encoding=st.sampled_from(['rgb8', 'bgr8', 'mono8', 'RGB8', '32FC1', 'bayer_rggb8', '',
+                                 'rgba8', 'mono16']),
+       extra_step=st.integers(-130, 10), size_delta=st.integers(-5, 5))
+def test_image_to_rgb_accepts_exactly_the_consistent_images(width, height, encoding, extra_step,
+                                                           size_delta):
+    channels = {'mono8': 1}.get(encoding.lower(), 3)
+    step = max(0, width * channels + extra_step)
+    size = max(0, step * height + size_delta)
+    msg = Image(width=width, height=height, encoding=encoding, step=step)
+    msg.data = bytes(size)
+    valid = _reference_is_valid(width, height, encoding, step, size, max_pixels=900)
+    try:
+        rgb = image_to_rgb(msg, max_pixels=900)
+    except ImageConversionError as exc:
+        assert not valid and str(exc)
+        return
+    assert valid and rgb.shape == (height, width, 3) and rgb.dtype == np.uint8
+
+
+def test_huge_claimed_dimensions_are_refused_before_the_data_is_touched():
+    msg = Image(width=2 ** 31, height=2 ** 31, encoding='rgb8', step=3 * 2 ** 31)
+    with pytest.raises(ImageConversionError, match='larger than the 65536 pixels'):
+        image_to_rgb(msg, max_pixels=65536)
+    with pytest.raises(ImageConversionError, match='image data has 0 bytes'):
+        image_to_rgb(msg)
+
+
+def _pose(values):
+    msg = PoseStamped()
+    p, o = msg.pose.position, msg.pose.orientation
+    p.x, p.y, p.z, o.x, o.y, o.z, o.w = values
+    return msg
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                          st.floats(-2.0, 2.0)), min_size=7, max_size=7))
+def test_a_pose_is_accepted_only_when_finite_with_a_unit_quaternion(values):
+    with np.errstate(over='ignore', invalid='ignore'):
+        as32 = np.array(values, dtype=np.float32)
+        valid = bool(np.all(np.isfinite(as32))
+                     and abs(np.linalg.norm(as32[3:].astype(np.float64)) - 1.0) <= 0.05)
+    try:
+        position, quaternion = valid_pose_arrays(_pose(values))
+    except StateConversionError:
+        assert not valid
+        return
+    assert valid and np.all(np.isfinite(position)) and np.all(np.isfinite(quaternion))
+
+
+def test_joint_positions_picks_named_joints_and_refuses_broken_messages():
+    names = ['a', 'finger1', 'finger2']
+    msg = JointState(name=names, position=[0.3, 0.01, 0.02])
+    assert np.allclose(joint_positions(msg, ['finger1', 'finger2']), [0.01, 0.02])
+    assert joint_positions(msg, ['other']) is None  # a different robot's joint_states
+    with pytest.raises(StateConversionError, match='3 joints but has 2 positions'):
+        joint_positions(JointState(name=names, position=[0.3, 0.01]), ['finger1'])
+    with pytest.raises(StateConversionError, match='non-finite'):
+        joint_positions(JointState(name=names, position=[0.3, math.nan, 0.0]), ['finger1'])
+    # a NaN in a joint the caller does not use is not its problem
+    assert joint_positions(JointState(name=names, position=[math.nan, 0.0, 0.0]),
+                           ['finger1']) is not None

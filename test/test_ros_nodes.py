@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float32, Float32MultiArray, String
 
 from vla_align.actions import ACTION_LAYOUT_LABEL, ActionLimits
@@ -119,6 +119,41 @@ def test_policy_publishes_clamped_actions_with_the_documented_layout(ros_context
     assert probe.alignments[-1].data == pytest.approx(0.42)
     values = {kv.key: kv.value for kv in probe.diagnostics[-1].status[0].values}
     assert int(values['clamped']) >= 1 and values['image_stale'] == 'False'
+
+
+def test_a_new_instruction_starts_from_the_measured_gripper_not_the_last_command(
+        ros_context, spin):
+    """The gripper part of the model's state is the last command within a task; a new task
+    (instruction) starts from the gripper as measured, so episodes do not leak into each other."""
+    source = ScriptedSource([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # always: close
+    policy = make_policy(ros_context, source)
+    probe = Probe(ros_context)
+    joints = probe.node.create_publisher(JointState, topics.JOINT_STATES, qos.DEFAULT)
+    pose = PoseStamped()
+    pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
+    nodes = [policy, probe.node]
+
+    def open_fingers():  # measured: fully open (finger positions sum to the open width)
+        joints.publish(JointState(name=list(policy.settings.gripper_joints),
+                                  position=[0.04, 0.04]))
+        probe.pose_pub.publish(pose)
+
+    open_fingers()
+    probe.instruction_pub.publish(String(data='pick up the red block'))
+    for _ in range(12):
+        open_fingers()
+        probe.frame()
+        spin(nodes, 0.1)
+    first_task = [state[7] for _, text, state in source.seen if text == 'pick up the red block']
+    assert first_task[0] == 0.0 and first_task[-1] == 1.0  # measured, then its own command
+    probe.instruction_pub.publish(String(data='push the blue block to the left'))
+    for _ in range(8):
+        open_fingers()
+        probe.frame()
+        spin(nodes, 0.1)
+    second_task = [state[7] for _, text, state in source.seen
+                   if text == 'push the blue block to the left']
+    assert second_task and second_task[0] == 0.0, second_task
 
 
 def test_policy_holds_without_instruction_and_after_the_camera_stops(ros_context, spin):

@@ -10,6 +10,7 @@ from vla_align.actions import ActionLimits
 from vla_align.ros.metrics import RateMeter, summarize_latencies
 from vla_align.ros.pacing import FramePacer
 from vla_align.ros.safety import (
+    BadInputLog,
     HoldReason,
     SafetyConfig,
     SafetyGate,
@@ -154,3 +155,48 @@ def test_latency_summary_and_rate_meter():
         meter.tick(t)
     assert meter.rate(3.9) == pytest.approx(10.0, rel=0.06)
     assert meter.rate(10.0) == 0.0
+
+
+def test_a_refused_instruction_holds_even_when_text_is_left():
+    g = gate()
+    assert g.input_problem(0.1, 'pick', instruction_refused=True) is HoldReason.BAD_INSTRUCTION
+    assert g.input_problem(0.6, 'pick', instruction_refused=True) is HoldReason.STALE_IMAGE
+
+
+def test_a_state_flapping_at_the_frame_rate_is_logged_once_per_period_with_a_count():
+    reporter = StateChangeReporter('acting again', repeat_period_s=10.0)
+    lines = []
+    for i in range(200):  # good/bad frames alternating at 20 Hz for 10 s
+        now = i * 0.05
+        lines.append(reporter.update(HoldReason.BAD_IMAGE if i % 2 else None, now))
+    said = [line for line in lines if line]
+    assert said == ['holding still: camera image could not be decoded', 'acting again']
+    assert reporter.update(None, 10.3) == ('acting again (entered 98 more times since this '
+                                           'was last logged)')
+    assert '99 more times' in reporter.update(HoldReason.BAD_IMAGE, 10.5)
+
+
+def test_bad_input_log_counts_every_message_but_logs_each_kind_once_per_period():
+    log = BadInputLog(period_s=5.0)
+    lines = [log.report('image', f'reason {i}', i * 0.01) for i in range(1001)]  # 10 s
+    pose = log.report('ee_pose', 'nan', 3.0)
+    said = [line for line in lines if line]
+    assert said[0] == 'ignoring bad image message: reason 0'
+    assert len(said) == 3  # at 0 s, 5 s and 10 s
+    assert said[1].startswith('ignoring bad image messages: 500 in the last 5 s')
+    assert pose == 'ignoring bad ee_pose message: nan'  # kinds are throttled separately
+    assert log.counts == {'image': 1001, 'ee_pose': 1} and log.total == 1002
+    assert log.summary() == 'ee_pose:1,image:1001'
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(['image', 'pose', 'instruction']),
+                          st.floats(min_value=0.0, max_value=0.5)), max_size=300))
+def test_bad_input_log_lines_are_bounded_by_the_duration(events):
+    log = BadInputLog(period_s=2.0)
+    now, lines = 0.0, 0
+    for kind, gap in events:
+        now += gap
+        lines += log.report(kind, 'x', now) is not None
+    assert log.total == len(events)
+    assert lines <= 3 * (1 + now / 2.0)

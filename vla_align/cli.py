@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'record': ('vla_align.ros.record', "record the live graph's topics to a rosbag2"),
     'bench': ('vla_align.bench.cli', 'measure policy, ROS 2, training and simulation speed'),
     'up': ('vla_align.ros.launcher', 'start the ROS 2 node graph from a YAML config'),
+    'fuzz': ('vla_align.ros.fuzz_campaign',
+             'send malformed messages to every subscriber of the nodes; report'),
 }
 
 

@@ -6,15 +6,16 @@ never reach a real robot's policy, so it runs in a private DDS domain, localhost
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-import contextlib
 from dataclasses import dataclass
 import os
 import tempfile
 from typing import Any
 
-#: ROS_DOMAIN_ID values the bench picks from (0, the interactive default, is avoided).
-PRIVATE_DOMAINS = range(150, 230)
+from vla_align.ros.isolation import private_ros_domain
+
+#: ROS_DOMAIN_ID values the bench picks from: above the tests' (1..100) and eval-sim --via-ros's
+#: (101..200); 0, the interactive default, is avoided.
+PRIVATE_DOMAINS = range(201, 233)
 
 
 @dataclass(frozen=True)
@@ -26,27 +27,6 @@ class RosBenchSettings:
     height: int = 480
     threads: int = 1  # the policy node's torch_threads
     device: str = 'cpu'
-
-
-@contextlib.contextmanager
-def private_ros_domain() -> Iterator[int]:
-    """This process's and its children's ROS environment set to a private, localhost-only
-    domain inside the block (rcl reads it at init); yields the domain id."""
-    domain = PRIVATE_DOMAINS[os.getpid() % len(PRIVATE_DOMAINS)]
-    values = {'ROS_DOMAIN_ID': str(domain), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-              'ROS_LOCALHOST_ONLY': '1'}
-    with tempfile.TemporaryDirectory(prefix='vla_align_bench_ros_') as log_dir:
-        values['ROS_LOG_DIR'] = log_dir
-        saved = {key: os.environ.get(key) for key in values}
-        os.environ.update(values)
-        try:
-            yield domain
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def measure_ros_latency(settings: RosBenchSettings, checkpoint: str = '',
@@ -62,7 +42,9 @@ def measure_ros_latency(settings: RosBenchSettings, checkpoint: str = '',
                         warmup_s=settings.warmup_s, width=settings.width,
                         height=settings.height)
     source = 'checkpoint' if checkpoint else 'random'
-    with private_ros_domain() as domain:
+    domain = PRIVATE_DOMAINS[os.getpid() % len(PRIVATE_DOMAINS)]
+    with tempfile.TemporaryDirectory(prefix='vla_align_bench_ros_') as log_dir, \
+            private_ros_domain(domain, log_dir):
         report = measure_policy_node(
             probe, source=source, random_config=random_config, checkpoint=checkpoint,
             device=settings.device, extra_args=('-p', f'torch_threads:={settings.threads}'))

@@ -113,8 +113,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> Che
     """Rebuild the model of checkpoint folder ``path``; any problem raises `CheckpointError`."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f'checkpoint {path} does not exist (expected a folder with '
+        problem = 'is not a folder' if path.exists() else 'does not exist'
+        raise CheckpointError(f'checkpoint {path} {problem} (expected a folder with '
                               f'{WEIGHTS_FILE}, {CONFIG_FILE}, {NORMALIZATION_FILE})')
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise CheckpointError(f'checkpoint folder {path} is not readable (permissions)')
     for name in (WEIGHTS_FILE, CONFIG_FILE, NORMALIZATION_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f'checkpoint {path} is incomplete: {name} is missing')

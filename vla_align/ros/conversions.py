@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import math
+from typing import Optional
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -28,6 +29,15 @@ class ImageConversionError(ValueError):
     """An image message that cannot be read as the documented encoding and size."""
 
 
+class StateConversionError(ValueError):
+    """A robot-state message (pose, joint states) with non-finite or inconsistent values."""
+
+
+#: A pose quaternion whose norm is further than this from 1 is refused, not normalised: it
+#: means the sender is broken (an all-zero default orientation, garbage memory).
+QUATERNION_NORM_TOLERANCE = 0.05
+
+
 # --- time -------------------------------------------------------------------------------------
 
 def seconds_to_stamp(seconds: float) -> Time:
@@ -44,21 +54,25 @@ def stamp_to_seconds(stamp: Time) -> float:
 
 # --- images -----------------------------------------------------------------------------------
 
-def image_to_rgb(msg: Image) -> np.ndarray:
+def image_to_rgb(msg: Image, max_pixels: Optional[int] = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB pixels of ``msg``.
 
     Tightly packed rgb8 returns a view on the message buffer (no copy; keep the message alive
     and do not write to it); padded rows, bgr8 and mono8 return a contiguous copy. Raises
-    ``ImageConversionError`` for an unsupported encoding or inconsistent size/step/data.
+    ``ImageConversionError`` for an unsupported encoding, inconsistent size/step/data, or
+    more than ``max_pixels`` pixels (None: no limit).
     """
     encoding = msg.encoding.lower()
     channels = ENCODING_CHANNELS.get(encoding)
     if channels is None:
-        raise ImageConversionError(f'unsupported image encoding {msg.encoding!r}; expected one '
-                                   f'of {", ".join(ENCODING_CHANNELS)}')
+        raise ImageConversionError(f'unsupported image encoding {msg.encoding[:40]!r}; '
+                                   f'expected one of {", ".join(ENCODING_CHANNELS)}')
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ImageConversionError(f'image has no pixels ({width}x{height})')
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageConversionError(f'image of {width}x{height} pixels is larger than the '
+                                   f'{max_pixels} pixels allowed (max_image_pixels)')
     row_bytes = width * channels
     if step < row_bytes:
         raise ImageConversionError(f'{encoding} image step {step} is shorter than a row of '
@@ -179,6 +193,42 @@ def pose_to_arrays(msg: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
     p, q = msg.pose.position, msg.pose.orientation
     return (np.array([p.x, p.y, p.z], dtype=np.float32),
             np.array([q.x, q.y, q.z, q.w], dtype=np.float32))
+
+
+def valid_pose_arrays(msg: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
+    """``pose_to_arrays`` of a usable pose; raises ``StateConversionError`` otherwise.
+
+    Refused: non-finite values (also values too large for float32) and a quaternion that is
+    not (nearly) unit length.
+    """
+    with np.errstate(over='ignore', invalid='ignore'):  # 1e300 -> inf is refused below
+        position, quaternion = pose_to_arrays(msg)
+        if not (np.all(np.isfinite(position)) and np.all(np.isfinite(quaternion))):
+            raise StateConversionError(f'pose has non-finite values: position '
+                                       f'{position.tolist()}, orientation {quaternion.tolist()}')
+        norm = float(np.linalg.norm(quaternion.astype(np.float64)))
+    if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
+        raise StateConversionError(f'pose orientation is not a unit quaternion (norm {norm:.3g})')
+    return position, quaternion
+
+
+def joint_positions(msg: JointState, names: Sequence[str]) -> Optional[np.ndarray]:
+    """Positions of the joints ``names`` (float64), or None when the message lacks one of them.
+
+    A message that names a joint without giving its position, or gives a non-finite position
+    for a requested joint, raises ``StateConversionError``: the sender is broken.
+    """
+    index = {name: i for i, name in enumerate(msg.name)}
+    if not names or any(name not in index for name in names):
+        return None
+    if len(msg.position) < len(msg.name):
+        raise StateConversionError(f'joint_states names {len(msg.name)} joints but has '
+                                   f'{len(msg.position)} positions')
+    values = np.array([msg.position[index[name]] for name in names], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise StateConversionError(f'joint_states has non-finite positions for '
+                                   f'{", ".join(names)}: {values.tolist()}')
+    return values
 
 
 def joint_state_msg(names: Sequence[str], positions: Sequence[float], stamp: Time) -> JointState:

@@ -12,11 +12,15 @@ Where the text comes from (``source`` parameter):
   remaps it to the sim node's episode instruction).
 
 Text is whitespace-normalised; an empty instruction clears the current one (the policy then
-holds still); text longer than ``max_length`` is refused with a warning.
+holds still); text longer than ``max_length`` or with control characters is refused: the
+first refusal is logged with its reason, later ones at most once per
+``log_repeat_period_s``, and all are counted in /diagnostics. An input that normalises to the
+current instruction is not published again (a latched topic already holds it).
 """
 from __future__ import annotations
 
 import sys
+import time
 from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -30,6 +34,7 @@ from vla_align.ros.conversions import diagnostic_array, diagnostic_status
 from vla_align.ros.instructions import InstructionError, LineReader, normalize_instruction
 from vla_align.ros.params import declare_float, declare_int, declare_str
 from vla_align.ros.runner import run_node
+from vla_align.ros.safety import BadInputLog
 
 NODE_NAME = 'instruction_node'
 SOURCES = ('parameter', 'stdin', 'topic')
@@ -47,12 +52,15 @@ class InstructionNode(Node):
         poll_rate = declare_float(self, 'poll_rate_hz', 20.0,
                                   'how often new input is checked and published (Hz)',
                                   0.1, 1000.0)
+        log_period = declare_float(self, 'log_repeat_period_s', 10.0,
+                                   'refused inputs are logged again at most this often (s); '
+                                   'all are counted in /diagnostics', 0.0, 3600.0)
         initial = declare_str(self, 'instruction', '',
                               'the instruction (source: parameter); may be changed at run time',
                               read_only=False)
         self._pending: list[str] = []
-        self._current = ''
-        self._refused = 0
+        self._current: Optional[str] = None  # None: nothing published yet
+        self._refusals = BadInputLog(log_period)
         self._reader: Optional[LineReader] = None
 
         self._publisher = self.create_publisher(String, topics.INSTRUCTION, qos.LATCHED)
@@ -99,8 +107,11 @@ class InstructionNode(Node):
         try:
             instruction = normalize_instruction(text, self.max_length)
         except InstructionError as exc:
-            self.get_logger().warning(f'instruction refused: {exc}')
-            self._refused += 1
+            line = self._refusals.report('instruction', str(exc), time.monotonic())
+            if line is not None:
+                self.get_logger().warning(line.replace('ignoring bad', 'refused'))
+            return
+        if instruction == self._current:
             return
         self._publisher.publish(String(data=instruction))
         self._published += 1
@@ -113,8 +124,8 @@ class InstructionNode(Node):
     def _publish_diagnostics(self) -> None:
         level = DiagnosticStatus.OK if self._current else DiagnosticStatus.WARN
         message = 'instruction set' if self._current else 'no instruction'
-        values = {'source': self.source, 'instruction': self._current,
-                  'published': self._published, 'refused': self._refused}
+        values = {'source': self.source, 'instruction': self._current or '',
+                  'published': self._published, 'refused': self._refusals.total}
         status = diagnostic_status(f'{self.get_name()}: instruction', self.source, level,
                                    message, values)
         self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))

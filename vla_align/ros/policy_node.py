@@ -14,9 +14,18 @@ no new frame came). In both modes the control timer publishes holds while the ca
 silent, so the output never simply stops.
 
 Safety (``safety.SafetyGate``): output clamped to the limits and rate limited; an explicit
-hold (zero motion, gripper unchanged) when the image is stale, no instruction is set, the
-model fails or returns non-finite values, or (with ``refuse_ungrounded``) the alignment is
-below threshold. Each change of state is logged once and shown in /diagnostics.
+hold (zero motion, gripper unchanged) when the image is stale or cannot be decoded, no usable
+instruction is set, the model fails or returns non-finite values, or (with
+``refuse_ungrounded``) the alignment is below threshold. Each change of state is logged once
+(a state that recurs within ``log_repeat_period_s`` is only counted) and shown in /diagnostics.
+
+Malformed messages (an image with the wrong size or encoding, an instruction that is too long
+or not printable text, a pose with NaN or a non-unit quaternion, joint states with missing or
+non-finite positions, a misshaped expert action) are never acted on: each is counted per kind
+in /diagnostics (``bad_inputs``) and logged the first time, then at most once per
+``log_repeat_period_s``. A refused instruction clears the current one (the node holds rather
+than carry on with an older task); a refused pose forgets the last one (a policy that needs
+proprioception holds until a valid pose arrives).
 """
 from __future__ import annotations
 
@@ -37,16 +46,19 @@ from vla_align.actions import ActionLimits
 from vla_align.ros import qos, topics
 from vla_align.ros.conversions import (
     ImageConversionError,
+    StateConversionError,
     action_to_multiarray,
     action_to_twist,
     diagnostic_array,
     diagnostic_status,
     gripper_msg,
     image_to_rgb,
+    joint_positions,
     multiarray_to_action,
-    pose_to_arrays,
     stamp_to_seconds,
+    valid_pose_arrays,
 )
+from vla_align.ros.instructions import InstructionError, normalize_instruction
 from vla_align.ros.metrics import LatencyWindow, RateMeter
 from vla_align.ros.pacing import FramePacer
 from vla_align.ros.params import (
@@ -59,6 +71,7 @@ from vla_align.ros.params import (
 )
 from vla_align.ros.runner import run_node
 from vla_align.ros.safety import (
+    BadInputLog,
     Decision,
     HoldReason,
     SafetyConfig,
@@ -98,6 +111,9 @@ class PolicyNodeSettings:
     gripper_open_width: float
     publish_hold: bool
     diagnostics_period_s: float
+    max_image_pixels: int
+    max_instruction_length: int
+    log_repeat_period_s: float
     safety: SafetyConfig
 
 
@@ -150,6 +166,7 @@ class PolicyNode(Node):
         self._frame: Optional[CachedFrame] = None
         self._used_seq = 0
         self._instruction = ''
+        self._instruction_refused = False
         self._encoded: Optional[str] = None
         self._ee_pose: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._measured_gripper: Optional[float] = None
@@ -161,8 +178,10 @@ class PolicyNode(Node):
         self._action_rate = RateMeter()
         self._frame_rate = RateMeter()
         self._last_alignment = math.nan
-        self._state_log = StateChangeReporter('acting again: inputs are fresh and usable')
-        self._grounding_log = StateChangeReporter('instruction is grounded again')
+        period = s.log_repeat_period_s
+        self._state_log = StateChangeReporter('acting again: inputs are fresh and usable', period)
+        self._grounding_log = StateChangeReporter('instruction is grounded again', period)
+        self._bad_inputs = BadInputLog(period)
         self._hold_reason: Optional[HoldReason] = HoldReason.NO_IMAGE
 
         self._action_pub = self.create_publisher(Float32MultiArray, topics.ACTION, qos.COMMANDS)
@@ -256,6 +275,17 @@ class PolicyNode(Node):
                                     '(false) when it is not safe to act')
         diagnostics_period = declare_float(self, 'diagnostics_period_s', 1.0,
                                            'period of /diagnostics messages (s)', 0.05, 60.0)
+        max_image_pixels = declare_int(self, 'max_image_pixels', 4096 * 4096,
+                                       'larger camera images are refused (hold) instead of '
+                                       'decoded', 1, 2 ** 31)
+        max_instruction_length = declare_int(self, 'max_instruction_length', 200,
+                                             'longer instructions are refused (hold), in '
+                                             'characters after whitespace normalisation',
+                                             1, 100000)
+        log_repeat_period_s = declare_float(self, 'log_repeat_period_s', 10.0,
+                                            'a hold reason or a kind of bad message is logged '
+                                            'again at most this often (s); the rest are '
+                                            'counted in /diagnostics', 0.0, 3600.0)
         return PolicyNodeSettings(
             source=source, checkpoint=checkpoint, random_config=random_config, device=device,
             torch_threads=torch_threads,
@@ -263,7 +293,9 @@ class PolicyNode(Node):
             trigger=trigger, base_frame=base_frame, use_proprioception=use_proprioception,
             initial_gripper=initial_gripper, gripper_joints=tuple(gripper_joints),
             gripper_open_width=gripper_open_width, publish_hold=publish_hold,
-            diagnostics_period_s=diagnostics_period,
+            diagnostics_period_s=diagnostics_period, max_image_pixels=max_image_pixels,
+            max_instruction_length=max_instruction_length,
+            log_repeat_period_s=log_repeat_period_s,
             safety=SafetyConfig(
                 limits=ActionLimits(max_translation=max_translation, max_rotation=max_rotation),
                 max_image_age_s=max_image_age, max_translation_change=max_translation_change,
@@ -281,32 +313,45 @@ class PolicyNode(Node):
             self._frame_guard.trigger()
 
     def _on_instruction(self, msg: String) -> None:
-        self._instruction = ' '.join(msg.data.split())
+        try:
+            self._instruction = normalize_instruction(msg.data,
+                                                      self.settings.max_instruction_length)
+            self._instruction_refused = False
+        except InstructionError as exc:
+            self._instruction, self._instruction_refused = '', True
+            self._bad_input('instruction', str(exc))
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
-        position, quaternion = pose_to_arrays(msg)
-        if np.all(np.isfinite(position)) and np.all(np.isfinite(quaternion)):
-            self._ee_pose = position, quaternion
-        else:
-            self.counters.bad_messages += 1
+        try:
+            self._ee_pose = valid_pose_arrays(msg)
+        except StateConversionError as exc:
+            self._ee_pose = None  # the robot state is unknown now, not what it was
+            self._bad_input('ee_pose', str(exc))
 
     def _on_joint_states(self, msg: JointState) -> None:
-        index = {name: i for i, name in enumerate(msg.name)}
-        joints = self.settings.gripper_joints
-        if not joints or any(j not in index or index[j] >= len(msg.position) for j in joints):
+        try:
+            positions = joint_positions(msg, self.settings.gripper_joints)
+        except StateConversionError as exc:
+            self._bad_input('joint_states', str(exc))
             return
-        opening = sum(float(msg.position[index[j]]) for j in joints)
-        if math.isfinite(opening):
+        if positions is not None:  # a joint_states without the gripper joints is normal
             self._measured_gripper = float(np.clip(
-                1.0 - opening / self.settings.gripper_open_width, 0.0, 1.0))
+                1.0 - positions.sum() / self.settings.gripper_open_width, 0.0, 1.0))
 
     def _on_expert_action(self, msg: Float32MultiArray) -> None:
         try:
             action = multiarray_to_action(msg)
-        except ValueError:
-            self.counters.bad_messages += 1
+        except ValueError as exc:
+            self._bad_input('expert_action', str(exc))
             return
         self._expert.offer(action, time.monotonic())
+
+    def _bad_input(self, kind: str, reason: str, log: bool = True) -> None:
+        """Count a malformed message; log it unless this kind was logged recently."""
+        self.counters.bad_messages += 1
+        line = self._bad_inputs.report(kind, reason, time.monotonic())
+        if line is not None and log:
+            self.get_logger().warning(line)
 
     # -- work -----------------------------------------------------------------------------------
     def _on_frame_guard(self) -> None:
@@ -330,7 +375,7 @@ class PolicyNode(Node):
         """One control step on the newest frame: publish an action or a hold."""
         frame = self._frame
         age = None if frame is None else now - frame.arrival
-        problem = self._gate.input_problem(age, self._instruction)
+        problem = self._gate.input_problem(age, self._instruction, self._instruction_refused)
         if problem is not None:
             detail = '' if age is None else f'newest frame is {age:.2f} s old'
             self._publish(self._gate.hold(problem, detail if problem is HoldReason.STALE_IMAGE
@@ -349,9 +394,14 @@ class PolicyNode(Node):
 
     def _decide(self, frame: CachedFrame, now: float) -> Decision:
         try:
-            rgb = image_to_rgb(frame.msg)
+            rgb = image_to_rgb(frame.msg, self.settings.max_image_pixels)
         except ImageConversionError as exc:
+            self._bad_input('image', str(exc), log=False)  # the BAD_IMAGE hold says it
             return self._gate.hold(HoldReason.BAD_IMAGE, str(exc))
+        if self._instruction != self._encoded:
+            # A new task starts from the robot as measured, not from the previous task's last
+            # command: the gripper state fed to the model and the rate limiter start afresh.
+            self._has_commanded = False
         if not self._has_commanded and self._measured_gripper is not None:
             self._gate.set_gripper(self._measured_gripper)
         try:
@@ -412,7 +462,8 @@ class PolicyNode(Node):
     def _report(self, decision: Decision) -> None:
         """Log each change of state once (never at the control rate)."""
         self._hold_reason = decision.reason
-        message = self._state_log.update(decision.reason)
+        now = time.monotonic()
+        message = self._state_log.update(decision.reason, now)
         if message is not None:
             if decision.hold:
                 detail = f' ({decision.detail})' if decision.detail else ''
@@ -421,13 +472,17 @@ class PolicyNode(Node):
                 self.get_logger().info(message)
         if not decision.hold:
             flag = HoldReason.UNGROUNDED if decision.ungrounded else None
-            message = self._grounding_log.update(flag)
+            message = self._grounding_log.update(flag, now)
             if message is not None:
                 text = (f'instruction {self._instruction!r} may not be grounded in the scene: '
                         f'alignment {self._last_alignment:.3f} < '
                         f'{self.settings.safety.alignment_threshold:.3f} (acting anyway; set '
                         f'refuse_ungrounded to hold)' if flag else message)
-                (self.get_logger().warning if flag else self.get_logger().info)(text)
+                # rclpy pins a severity to each call site: one site per severity.
+                if flag:
+                    self.get_logger().warning(text)
+                else:
+                    self.get_logger().info(text)
 
     def _publish_diagnostics(self) -> None:
         now = time.monotonic()
@@ -464,6 +519,8 @@ class PolicyNode(Node):
             'alignment': self._last_alignment,
             'errors': c.errors,
             'bad_messages': c.bad_messages,
+            'bad_inputs': self._bad_inputs.summary(),
+            'instruction_refused': self._instruction_refused,
         }
         status = diagnostic_status(f'{self.get_name()}: policy', self.settings.source, level,
                                    message, values)

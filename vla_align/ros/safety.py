@@ -31,7 +31,8 @@ class HoldReason(str, Enum):
     STALE_IMAGE = 'camera image is stale'
     BAD_IMAGE = 'camera image could not be decoded'
     NO_INSTRUCTION = 'no instruction set'
-    NO_STATE = 'no robot state (/vla/ee_pose) received yet; the policy needs proprioception'
+    BAD_INSTRUCTION = 'instruction refused (too long or not printable text)'
+    NO_STATE = 'no valid robot state on /vla/ee_pose; the policy needs proprioception'
     SOURCE_NOT_READY = 'action source has no output yet'
     SOURCE_ERROR = 'action source failed'
     NON_FINITE = 'model output is not finite'
@@ -104,16 +105,20 @@ class SafetyGate:
         """Adopt a measured gripper state, e.g. before the first command has been sent."""
         self._last = hold_action(gripper)
 
-    def input_problem(self, image_age_s: Optional[float],
-                      instruction: str) -> Optional[HoldReason]:
+    def input_problem(self, image_age_s: Optional[float], instruction: str,
+                      instruction_refused: bool = False) -> Optional[HoldReason]:
         """The reason to hold before running the model, or None when the inputs are usable.
 
-        ``image_age_s`` is the time since the newest frame arrived (None: no frame yet).
+        ``image_age_s`` is the time since the newest frame arrived (None: no frame yet);
+        ``instruction_refused`` says the newest instruction message was unusable (the node
+        then holds rather than carry on with an older task).
         """
         if image_age_s is None:
             return HoldReason.NO_IMAGE
         if image_age_s > self.config.max_image_age_s:
             return HoldReason.STALE_IMAGE
+        if instruction_refused:
+            return HoldReason.BAD_INSTRUCTION
         if not instruction.strip():
             return HoldReason.NO_INSTRUCTION
         return None
@@ -147,18 +152,71 @@ class SafetyGate:
 class StateChangeReporter:
     """Says something only when a state changes, so a stale camera is logged once, not at 30 Hz.
 
-    ``update`` returns the sentence to log, or None when the state is unchanged.
+    ``update`` returns the sentence to log, or None when there is nothing new to say. With
+    ``repeat_period_s`` (and ``now`` passed to ``update``) a state that comes back within that
+    period of its last log line is not logged again, so inputs that flip between good and bad
+    at the frame rate cannot flood the log; the next line for that state says how often it
+    recurred meanwhile.
     """
 
-    def __init__(self, ok_message: str) -> None:
+    def __init__(self, ok_message: str, repeat_period_s: float = 0.0) -> None:
         self._ok_message = ok_message
         self._state: object = 'initial'
+        self._repeat_period_s = repeat_period_s
+        self._logged_at: dict[object, float] = {}
+        self._suppressed: dict[object, int] = {}
 
-    def update(self, state: Optional[HoldReason]) -> Optional[str]:
+    def update(self, state: Optional[HoldReason], now: Optional[float] = None) -> Optional[str]:
         if state == self._state:
             return None
         first = self._state == 'initial'
         self._state = state
-        if state is None:
-            return None if first else self._ok_message
-        return f'holding still: {state.value}'
+        if state is None and first:
+            return None
+        if now is not None and self._repeat_period_s > 0:
+            last = self._logged_at.get(state)
+            if last is not None and now - last < self._repeat_period_s:
+                self._suppressed[state] = self._suppressed.get(state, 0) + 1
+                return None
+            self._logged_at[state] = now
+        message = self._ok_message if state is None else f'holding still: {state.value}'
+        repeats = self._suppressed.pop(state, 0)
+        if repeats:
+            message += f' (entered {repeats} more times since this was last logged)'
+        return message
+
+
+class BadInputLog:
+    """Counts malformed messages per kind and decides which of them to log.
+
+    The first bad message of a kind is logged with its reason; later ones of that kind at most
+    once per ``period_s``, with the number seen since. ``counts`` is what diagnostics show.
+    """
+
+    def __init__(self, period_s: float = 10.0) -> None:
+        self.period_s = period_s
+        self.counts: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self._since_log: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def report(self, kind: str, reason: str, now: float) -> Optional[str]:
+        """Count one bad ``kind`` message; returns the line to log, or None to stay quiet."""
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self._since_log[kind] = self._since_log.get(kind, 0) + 1
+        last = self._logged_at.get(kind)
+        if last is not None and now - last < self.period_s:
+            return None
+        count = self._since_log.pop(kind)
+        self._logged_at[kind] = now
+        if last is None:
+            return f'ignoring bad {kind} message: {reason}'
+        return (f'ignoring bad {kind} messages: {count} in the last {now - last:.0f} s, '
+                f'newest: {reason}')
+
+    def summary(self) -> str:
+        """``kind:count`` pairs for diagnostics, e.g. ``image:3,pose:1``."""
+        return ','.join(f'{k}:{v}' for k, v in sorted(self.counts.items()))

@@ -146,6 +146,7 @@ def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
     try:
         import torch
 
+        from vla_align.model.checkpoint import CheckpointError
         from vla_align.model.config import PolicyConfig
         from vla_align.model.policy import Policy
     except ImportError as exc:
@@ -156,10 +157,19 @@ def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
     if kind == 'checkpoint':
         try:
             return PolicySource(Policy.from_checkpoint(path, device=device))
+        except CheckpointError as exc:  # its message already names the checkpoint
+            raise StartupError(one_line(f'cannot load checkpoint: {exc}')) from None
         except Exception as exc:  # noqa: BLE001 - any loading failure is a start-up error
-            raise StartupError(f'cannot load checkpoint {str(path)!r}: {exc}') from None
+            raise StartupError(one_line(f'cannot load checkpoint {str(path)!r}: '
+                                        f'{type(exc).__name__}: {exc}')) from None
     config = PolicyConfig.tiny() if random_config == 'tiny' else PolicyConfig()
     try:
         return PolicySource(Policy.from_config(config, device=device))
     except Exception as exc:  # noqa: BLE001 - e.g. the language model folder is missing
-        raise StartupError(f'cannot build a random {random_config} policy: {exc}') from None
+        raise StartupError(one_line(f'cannot build a random {random_config} policy: '
+                                    f'{exc}')) from None
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks folded: a start-up error is one log line."""
+    return ' '.join(message.split())

@@ -1,8 +1,10 @@
 """End-effector delta controller: 7-DoF actions -> IK targets -> Panda motors.
 
 The controller keeps a *commanded* pose that each action moves by its (clamped) deltas;
-the commanded position is clipped to a box over the table so no action, however large or
-repeated, can drive the hand into the table or out of reach. Between two control steps the
+the commanded position is clipped to a box over the table and the commanded hand axis to a
+cone around straight down, so no action, however large or repeated, can drive the hand into
+the table or out of reach (with the hand turned far from vertical, IK trades position for
+orientation and the grasp point would leave the box). Between two control steps the
 physics runs ``physics_hz / control_hz`` substeps with the IK solution as motor targets.
 """
 from __future__ import annotations
@@ -21,14 +23,19 @@ class Workspace:
     """Axis-aligned box (base frame, metres) the commanded grasp point must stay inside.
 
     The table top is at z = 0; ``low[2]`` keeps the fingertips just above it.
+    ``max_tilt_rad`` bounds the angle between the hand's approach axis and straight down
+    (yaw about the vertical is free).
     """
 
     low: tuple[float, float, float] = (0.25, -0.35, 0.012)
     high: tuple[float, float, float] = (0.80, 0.35, 0.40)
+    max_tilt_rad: float = 0.3
 
     def __post_init__(self) -> None:
         if not all(lo < hi for lo, hi in zip(self.low, self.high, strict=True)):
             raise ValueError(f'workspace low {self.low} must be below high {self.high}')
+        if not 0.0 <= self.max_tilt_rad <= np.pi:
+            raise ValueError(f'max_tilt_rad must be in [0, pi], got {self.max_tilt_rad!r}')
 
     def clip(self, position: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(position, dtype=np.float64), self.low, self.high)
@@ -73,7 +80,7 @@ class EndEffectorController:
         _, orientation = self._client.multiplyTransforms(
             (0.0, 0.0, 0.0), rotation, (0.0, 0.0, 0.0), self.target_orientation)
         orientation = np.array(orientation, dtype=np.float64)
-        self.target_orientation = orientation / np.linalg.norm(orientation)
+        self.target_orientation = self._limit_tilt(orientation / np.linalg.norm(orientation))
         self.gripper = float(safe[GRIPPER])
         self._robot.command_arm(self._robot.solve_ik(self.target_position,
                                                      self.target_orientation))
@@ -81,3 +88,20 @@ class EndEffectorController:
         for _ in range(self.substeps):
             self._client.stepSimulation()
         return safe
+
+    def _limit_tilt(self, orientation: np.ndarray) -> np.ndarray:
+        """``orientation`` turned back (about a horizontal axis) into the tilt cone."""
+        axis = np.array(self._client.getMatrixFromQuaternion(orientation)).reshape(3, 3)[:, 2]
+        down = np.array([0.0, 0.0, -1.0])
+        tilt = float(np.arccos(np.clip(axis @ down, -1.0, 1.0)))
+        excess = tilt - self.workspace.max_tilt_rad
+        if excess <= 0:
+            return orientation
+        turn_axis = np.cross(axis, down)
+        norm = np.linalg.norm(turn_axis)
+        turn_axis = turn_axis / norm if norm > 1e-9 else np.array([1.0, 0.0, 0.0])
+        turn = self._client.getQuaternionFromAxisAngle(turn_axis.tolist(), excess)
+        _, limited = self._client.multiplyTransforms((0.0, 0.0, 0.0), turn, (0.0, 0.0, 0.0),
+                                                     orientation.tolist())
+        limited = np.array(limited, dtype=np.float64)
+        return limited / np.linalg.norm(limited)

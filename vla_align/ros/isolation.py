@@ -1,0 +1,32 @@
+"""A private, localhost-only ROS 2 domain for tools that start their own nodes (bench, fuzz).
+
+rcl reads these variables when a context is initialised, and child processes inherit them, so
+everything started inside the block talks only to itself. Tests use test/ros_isolation.py
+(domains 1..100); ``vla-align eval-sim --via-ros`` uses 101..200; tools pass their own id.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+import os
+
+
+@contextmanager
+def private_ros_domain(domain_id: int, log_dir: str) -> Iterator[dict[str, str]]:
+    """This process's environment set to ``domain_id``, localhost-only discovery and
+    ``log_dir`` for ROS logs inside the block; yields the whole environment (for children)."""
+    if not 0 <= domain_id <= 232:
+        raise ValueError(f'ROS_DOMAIN_ID must be in 0..232, got {domain_id}')
+    values = {'ROS_DOMAIN_ID': str(domain_id), 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+              'ROS_LOCALHOST_ONLY': '1', 'ROS_LOG_DIR': log_dir,
+              'RCUTILS_COLORIZED_OUTPUT': '0', 'PYTHONUNBUFFERED': '1'}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield dict(os.environ)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
