@@ -20,9 +20,10 @@ $(STAMP): requirements.txt setup.py
 	$(BIN)/python -m pip install --no-deps -e .
 	touch $(STAMP)
 
-## The main job: the simulated robot driven through the ROS 2 node graph.
+## The main job: the simulated robot driven through the ROS 2 node graph by the shipped
+## policy (checkpoints/default), one episode of each task family.
 demo: $(STAMP)
-	$(BIN)/vla-align up config/sim_graph.yaml --episodes 3 --timeout 300
+	$(BIN)/vla-align up config/sim_graph.yaml --episodes 5 --timeout 300
 
 ## The whole test suite (CI runs exactly this).
 test: $(STAMP)

@@ -72,7 +72,8 @@ def test_closed_loop_with_a_random_policy_moves_the_arm_and_holds_when_the_sim_s
 
 
 def test_vla_align_up_runs_expert_episodes_and_reports_them(ros_environment):
-    result = vla_align_up('sim_graph', '--episodes', '2', '--timeout', '150')
+    result = vla_align_up('sim_graph', '--episodes', '2', '--timeout', '150',
+                          '--set', 'policy_node.source=expert')
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-2000:]
     reported = [line for line in out.splitlines() if line.startswith('[up] episode ')]
@@ -83,7 +84,8 @@ def test_vla_align_up_runs_expert_episodes_and_reports_them(ros_environment):
 
 
 def test_sigterm_stops_every_node_cleanly(ros_environment):
-    process = subprocess.Popen([sys.executable, '-m', 'vla_align.cli', 'up', 'sim_graph'],
+    process = subprocess.Popen([sys.executable, '-m', 'vla_align.cli', 'up', 'sim_graph',
+                                '--set', 'policy_node.source=expert'],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     lines = []
