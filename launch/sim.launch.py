@@ -1,7 +1,8 @@
 """Simulation graph, closed loop: sim_node -> instruction_node -> policy_node -> sim_node.
 
-    ros2 launch vla_align sim.launch.py
-    ros2 launch vla_align sim.launch.py source:=checkpoint checkpoint:=/path/to/checkpoint
+    ros2 launch vla_align sim.launch.py                      # the shipped policy
+    ros2 launch vla_align sim.launch.py checkpoint:=/path/to/checkpoint
+    ros2 launch vla_align sim.launch.py source:=expert       # relay the scripted expert
 
 The sim node's episode instruction is remapped to /vla/episode_instruction and relayed by the
 instruction node (source: topic), so /vla/instruction has a single writer. Without ros2 launch:
@@ -30,12 +31,13 @@ def generate_launch_description():
         description='Full path to the parameters file of sim_node, instruction_node and '
                     'policy_node')
     declare_source = DeclareLaunchArgument(
-        'source', default_value='expert', choices=['expert', 'checkpoint', 'random'],
+        'source', default_value='checkpoint', choices=['expert', 'checkpoint', 'random'],
         description="Policy action source: expert (relay the simulator's scripted expert), "
                     'checkpoint (trained policy) or random (untrained, for timing)')
     declare_checkpoint = DeclareLaunchArgument(
-        'checkpoint', default_value='',
-        description='Path of the trained policy checkpoint (with source:=checkpoint)')
+        'checkpoint', default_value='checkpoints/default',
+        description='Trained policy checkpoint (with source:=checkpoint); a relative path is '
+                    'looked up in the working directory, then in the package share directory')
     declare_log_level = DeclareLaunchArgument(
         'log_level', default_value='info', description='Log level of every node')
 
