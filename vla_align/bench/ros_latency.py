@@ -2,7 +2,9 @@
 
 A thin wrapper over `vla_align.ros.latency_probe.measure_policy_node` that keeps the
 measurement off the user's ROS graph: the probe publishes synthetic camera frames, which must
-never reach a real robot's policy, so it runs in a private DDS domain, localhost only.
+never reach a real robot's policy, so it runs in a private DDS domain, localhost only. Both
+sides use config/fastdds_large_messages.xml, as the robot graph does: without it, Fast DDS
+drops most best-effort frames over ~500 KB (640x480 rgb8 is 921 KB) before they reach the node.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import tempfile
 from typing import Any
 
+from vla_align.paths import share_path
 from vla_align.ros.isolation import private_ros_domain
 
 #: ROS_DOMAIN_ID values the bench picks from: above the tests' (1..100) and eval-sim --via-ros's
@@ -43,11 +46,13 @@ def measure_ros_latency(settings: RosBenchSettings, checkpoint: str = '',
                         height=settings.height)
     source = 'checkpoint' if checkpoint else 'random'
     domain = PRIVATE_DOMAINS[os.getpid() % len(PRIVATE_DOMAINS)]
+    profile = share_path('config', 'fastdds_large_messages.xml')
     with tempfile.TemporaryDirectory(prefix='vla_align_bench_ros_') as log_dir, \
-            private_ros_domain(domain, log_dir):
+            private_ros_domain(domain, log_dir, dds_profile=profile):
         report = measure_policy_node(
             probe, source=source, random_config=random_config, checkpoint=checkpoint,
             device=settings.device, extra_args=('-p', f'torch_threads:={settings.threads}'))
     out = report.to_dict()
-    out.update(ros_domain_id=domain, source=source, summary=report.describe())
+    out.update(ros_domain_id=domain, source=source, summary=report.describe(),
+               dds_profile=profile.name)
     return out
