@@ -113,12 +113,17 @@ def test_broken_checkpoints_stop_the_policy_node_with_one_line(ros_environment, 
         assert 'Traceback' not in err, name
 
 
-def _start(module, *params, env=None):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a script (CI)
+
+
+def _start(module, *params, env=None, sigint_ignored=False):
     args = [sys.executable, '-m', f'vla_align.ros.{module}', '--ros-args']
     for param in params:
         args += ['-p', param]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO, env=env)
+                            cwd=REPO, env=env,
+                            preexec_fn=_ignore_sigint if sigint_ignored else None)
 
 
 def test_sigterm_and_ctrl_c_shut_every_node_down_cleanly(ros_environment, tmp_path):
@@ -134,6 +139,9 @@ def test_sigterm_and_ctrl_c_shut_every_node_down_cleanly(ros_environment, tmp_pa
                                                      env=env),
         ('camera_node', signal.SIGTERM): _start('camera_node', f'source:={tmp_path}', env=env),
         ('policy_node', signal.SIGINT): _start('policy_node', 'source:=expert', env=env),
+        # Started with SIGINT ignored (inherited from a background job): Ctrl-C still works.
+        ('policy_node', 'SIGINT, inherited as ignored'): _start(
+            'policy_node', 'source:=expert', env=env, sigint_ignored=True),
     }
     time.sleep(0.5)
     started = {'policy_node': 'source=expert', 'instruction_node': "instruction: 'lift it'",
@@ -147,7 +155,7 @@ def test_sigterm_and_ctrl_c_shut_every_node_down_cleanly(ros_environment, tmp_pa
             lines.append(line)
             if not line or started[name] in line:
                 break
-        process.send_signal(signum)
+        process.send_signal(signum if isinstance(signum, signal.Signals) else signal.SIGINT)
         try:
             rest, _ = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:

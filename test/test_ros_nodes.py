@@ -430,9 +430,8 @@ def test_every_configured_parameter_is_declared_by_its_node(ros_environment, tmp
                                                             params_file, overrides):
     import cv2
     import rclpy
-    import yaml
-
     from test_eval_bag import varied_episode
+    import yaml
 
     from vla_align.data.bag_io import write_episode_bag
     from vla_align.ros import record

@@ -26,13 +26,16 @@ def run_node(make_node: Callable[[], Node], name: str,
 
     SIGINT and SIGTERM become ``KeyboardInterrupt`` in Python (rclpy's own handlers are not
     installed), so the context is still valid when the node is destroyed: its ``destroy_node``
-    can log a summary and release devices cleanly. Returns the process exit status: 0 after a
-    normal shutdown, 1 when the node refused to start (the reason is logged once as FATAL,
-    without a traceback).
+    can log a summary and release devices cleanly. Both handlers are installed explicitly: a
+    process started from a background job of a non-interactive shell (CI, ``nohup ... &``)
+    inherits SIGINT as ignored, and Python then never raises ``KeyboardInterrupt``, so such a
+    node would ignore the launcher's Ctrl-C and be killed. Returns the process exit status: 0
+    after a normal shutdown, 1 when the node refused to start (the reason is logged once as
+    FATAL, without a traceback).
     """
     rclpy.init(args=None if args is None else list(args),
                signal_handler_options=SignalHandlerOptions.NO)
-    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     node: Optional[Node] = None
     try:
         node = make_node()
@@ -46,7 +49,8 @@ def run_node(make_node: Callable[[], Node], name: str,
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
