@@ -76,6 +76,9 @@ from vla_align.sim.types import PANDA_JOINT_NAMES, SPLITS, TASK_FAMILIES, Observ
 NODE_NAME = 'sim_node'
 #: Lockstep warm-up: the policy is taken to be answering frames once it was silent this long.
 WARMUP_QUIET_S = 0.15
+#: Lockstep warm-up: the warm-up frame is sent again after this long without the policy going
+#: quiet (a best-effort frame sent before the policy's subscription was matched is lost).
+WARMUP_RESEND_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -325,9 +328,11 @@ class SimNode(Node):
         rate; one of them could arrive just after the first observation and pass for its
         answer. So the first episode's first observation goes out once as a warm-up, before
         any instruction (the policy answers with a hold that changes nothing), and the
-        episode starts when no action has come for ``WARMUP_QUIET_S``.
+        episode starts when no action has come for ``WARMUP_QUIET_S``. The warm-up frame is
+        sent again every ``WARMUP_RESEND_S`` until then: if it was lost, the policy would hold
+        ('no image yet') forever and the episode would never start.
         """
-        if self._warmup_since is None:
+        if self._warmup_since is None or now - self._warmup_since >= WARMUP_RESEND_S:
             planned = self._episode_task(0)
             try:
                 task = self._suite.sample_task(planned.family, planned.split, planned.seed)
