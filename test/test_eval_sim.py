@@ -12,29 +12,18 @@ from vla_align.evaluation.sim_eval import (
     ALIGNMENT_FRAMES,
     Agent,
     EvalError,
+    ExpertAgent,
     ZeroAgent,
     evaluate,
     select_failures,
 )
 from vla_align.evaluation.sim_report import EpisodeRecord
 from vla_align.evaluation.stats import wilson_interval
-from vla_align.sim.env import EnvConfig, ManipulationEnv
+from vla_align.sim.env import EnvConfig
 from vla_align.sim.suite import load_suite
-from vla_align.sim.types import CameraConfig, Observation, TaskSpec
+from vla_align.sim.types import CameraConfig, Observation
 
 SMALL_ENV = EnvConfig(camera=CameraConfig(width=48, height=48))
-
-
-class ExpertAgent(Agent):
-    """Test-only: the scripted expert (privileged state) behind the Agent interface."""
-
-    description = 'scripted expert'
-
-    def start_episode(self, env: ManipulationEnv, task: TaskSpec) -> None:
-        self.env = env
-
-    def act(self, observation: Observation) -> np.ndarray:
-        return self.env.expert_action()
 
 
 class CrashingAgent(Agent):

@@ -17,10 +17,9 @@ from vla_align.evaluation.ros_eval import (
     AGREEMENT_JSON,
     IN_PROCESS_DIR,
     Agreement,
-    ExpertAgent,
     evaluate_via_ros,
 )
-from vla_align.evaluation.sim_eval import EvalError
+from vla_align.evaluation.sim_eval import EvalError, ExpertAgent
 from vla_align.evaluation.sim_report import EpisodeRecord
 from vla_align.ros import qos, topics
 from vla_align.ros.conversions import action_to_multiarray

@@ -37,9 +37,9 @@ import numpy as np
 from tqdm import tqdm
 
 from vla_align.evaluation.sim_eval import (
-    Agent,
     EvalError,
     EvalPlan,
+    ExpertAgent,
     evaluate,
 )
 from vla_align.evaluation.sim_report import (
@@ -51,9 +51,8 @@ from vla_align.evaluation.sim_report import (
     success_table,
     write_report,
 )
-from vla_align.sim.env import EnvConfig, ManipulationEnv
+from vla_align.sim.env import EnvConfig
 from vla_align.sim.suite import TaskSuite, load_suite
-from vla_align.sim.types import Observation, TaskSpec
 
 AGREEMENT_JSON = 'agreement.json'
 IN_PROCESS_DIR = 'in_process'
@@ -63,26 +62,6 @@ LOCKSTEP_TICK_RATE = 100.0
 #: Domains used here: 101..200 (tests take 1..100 in ``test/ros_isolation.py``; 0 is the
 #: interactive default).
 DOMAIN_BASE, DOMAIN_RANGE = 101, 100
-
-
-class ExpertAgent(Agent):
-    """The scripted expert as an agent (privileged state): the reference both paths can run.
-
-    Through ROS it is the policy node's ``source: expert`` relaying the sim node's
-    /vla/expert_action.
-    """
-
-    description = 'scripted expert'
-
-    def __init__(self) -> None:
-        self._env: Optional[ManipulationEnv] = None
-
-    def start_episode(self, env: ManipulationEnv, task: TaskSpec) -> None:
-        self._env = env
-
-    def act(self, observation: Observation) -> np.ndarray:
-        assert self._env is not None, 'start_episode was not called'
-        return self._env.expert_action()
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ class Agent:
     """
 
     description = 'agent'
+    #: True when ``embeddings`` returns something (the report then embeds expert frames).
+    has_embeddings = False
 
     def start_episode(self, env: ManipulationEnv, task: TaskSpec) -> None:
         """Called before each episode, before ``env`` is reset for ``task``."""
@@ -110,6 +112,26 @@ class Agent:
 AgentFactory = Callable[[], Agent]
 
 
+class ExpertAgent(Agent):
+    """The scripted expert as an agent (privileged state): the reference both paths can run.
+
+    Through ROS it is the policy node's ``source: expert`` relaying the sim node's
+    /vla/expert_action.
+    """
+
+    description = 'scripted expert'
+
+    def __init__(self) -> None:
+        self._env: Optional[ManipulationEnv] = None
+
+    def start_episode(self, env: ManipulationEnv, task: TaskSpec) -> None:
+        self._env = env
+
+    def act(self, observation: Observation) -> np.ndarray:
+        assert self._env is not None, 'start_episode was not called'
+        return self._env.expert_action()
+
+
 class ZeroAgent(Agent):
     """The floor: never moves, gripper open. No task should succeed with it."""
 
@@ -121,6 +143,8 @@ class ZeroAgent(Agent):
 
 class PolicyAgent(Agent):
     """A ``vla_align.model.policy.Policy`` fed the camera frame, instruction and proprioception."""
+
+    has_embeddings = True
 
     def __init__(self, policy: Any, description: str = 'policy') -> None:
         self.policy = policy
@@ -391,9 +415,10 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
     if out is not None:
         if plots:
             report.attention = attention_examples(agent, report.filmstrips, plan.splits[0])
-        with ManipulationEnv(env_config) as env:
-            report.embeddings = collect_embedding_sample(agent, suite, plan.splits,
-                                                         plan.families, env)
+        if agent.has_embeddings:  # else the expert episodes below would be wasted
+            with ManipulationEnv(env_config) as env:
+                report.embeddings = collect_embedding_sample(agent, suite, plan.splits,
+                                                             plan.families, env)
         write_report(report, out, plots=plots)
     return report
 

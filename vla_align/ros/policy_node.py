@@ -398,14 +398,15 @@ class PolicyNode(Node):
         except ImageConversionError as exc:
             self._bad_input('image', str(exc), log=False)  # the BAD_IMAGE hold says it
             return self._gate.hold(HoldReason.BAD_IMAGE, str(exc))
-        if self._instruction != self._encoded:
+        new_task = self._instruction != self._encoded
+        if new_task:
             # A new task starts from the robot as measured, not from the previous task's last
             # command: the gripper state fed to the model and the rate limiter start afresh.
             self._has_commanded = False
         if not self._has_commanded and self._measured_gripper is not None:
             self._gate.set_gripper(self._measured_gripper)
         try:
-            if self._instruction != self._encoded:
+            if new_task:
                 self._source.encode_instruction(self._instruction)
                 self._encoded = self._instruction
             if self._expert is not None:
