@@ -177,6 +177,34 @@ def test_rotation_deltas_turn_the_hand_about_the_base_axes(env):
     assert error < 0.05  # the hand follows the commanded orientation
 
 
+def test_a_faster_control_rate_does_not_move_the_hand_faster():
+    """Per-step deltas at 20 Hz are capped at half the 10 Hz step: same speed limit."""
+    fast = ManipulationEnv(EnvConfig(camera=CameraConfig(width=16, height=16), control_hz=20.0))
+    try:
+        fast.reset(0, PICK)
+        result = fast.step(np.array([1.0, -1.0, 0.5, 2.0, -2.0, 2.0, 1.0]))
+        applied = result.info['applied_action']
+        speed = fast.config.speed_limits
+        np.testing.assert_allclose(np.abs(applied[:3]), speed.max_linear_m_s / 20.0, rtol=1e-6)
+        np.testing.assert_allclose(np.abs(applied[3:6]), speed.max_angular_rad_s / 20.0,
+                                   rtol=1e-6)
+        assert fast.config.limits.max_translation > speed.max_linear_m_s / 20.0
+    finally:
+        fast.close()
+
+
+def test_yaw_commands_stop_at_the_edge_of_the_yaw_window(env):
+    """A stream of same-signed yaw deltas must not wind the wrist past its window."""
+    first = env.reset(0, PICK)
+    limit = env.config.workspace.max_yaw_rad
+    for sign in (1.0, -1.0):
+        for _ in range(int(2 * np.pi / env.config.limits.max_rotation) + 5):
+            env.step(np.array([0, 0, 0, 0, 0, sign, 0]))
+        commanded = env.controller.target_orientation
+        turned = np.angle(np.exp(1j * (yaw_of(commanded) - yaw_of(first.ee_orientation))))
+        assert np.isclose(turned, sign * limit, atol=1e-3)
+
+
 def test_bad_camera_config_is_refused():
     with pytest.raises(ValueError, match='camera'):
         EnvConfig(camera=CameraConfig(width=0))

@@ -19,7 +19,7 @@ from pybullet_utils.bullet_client import BulletClient
 
 from vla_align.actions import ActionLimits
 from vla_align.sim.camera import Lighting, jitter_camera, jitter_lighting, render
-from vla_align.sim.controller import EndEffectorController, Workspace
+from vla_align.sim.controller import EndEffectorController, SpeedLimits, Workspace
 from vla_align.sim.experts import Expert
 from vla_align.sim.robot import DOWN_ORIENTATION, FINGER_JOINTS, Panda
 from vla_align.sim.scene import (
@@ -53,6 +53,7 @@ class EnvConfig:
     limits: ActionLimits = ActionLimits()
     max_steps: Optional[int] = None  # None = per-family default (Task.max_steps)
     workspace: Workspace = Workspace()
+    speed_limits: SpeedLimits = SpeedLimits()
     lighting: Lighting = Lighting()
 
     def __post_init__(self) -> None:
@@ -166,8 +167,10 @@ class ManipulationEnv:
         self._robot = Panda(client)
         start = rng.uniform(START_LOW, START_HIGH)
         self._robot.teleport_ee(start, np.array(DOWN_ORIENTATION))
-        self._controller = EndEffectorController(client, self._robot, self.config.limits,
-                                                 self.config.workspace, self.config.substeps)
+        self._controller = EndEffectorController(
+            client, self._robot, self.config.limits, self.config.workspace,
+            self.config.substeps, period_s=1.0 / self.config.control_hz,
+            speed=self.config.speed_limits)
         self._controller.reset()
         for _ in range(SETTLE_STEPS):
             client.stepSimulation()
