@@ -14,7 +14,7 @@ where the two limits coincide and change nothing).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pybullet_utils.bullet_client import BulletClient
@@ -82,9 +82,10 @@ class EndEffectorController:
             raise ValueError(f'period_s must be positive, got {period_s!r}')
         self._client = client
         self._robot = robot
-        self.limits = limits
-        self._max_step_translation = min(limits.max_translation, speed.max_linear_m_s * period_s)
-        self._max_step_rotation = min(limits.max_rotation, speed.max_angular_rad_s * period_s)
+        #: What one step may do: the action limits, tightened by the speed limits.
+        self.limits = replace(
+            limits, max_translation=min(limits.max_translation, speed.max_linear_m_s * period_s),
+            max_rotation=min(limits.max_rotation, speed.max_angular_rad_s * period_s))
         self.workspace = workspace
         self.substeps = substeps
         self.target_position, self.target_orientation = robot.ee_pose()
@@ -107,10 +108,6 @@ class EndEffectorController:
         action: there is no safe way to apply a NaN.
         """
         safe = self.limits.clamp(action)
-        safe[TRANSLATION] = np.clip(safe[TRANSLATION], -self._max_step_translation,
-                                    self._max_step_translation)
-        safe[ROTATION] = np.clip(safe[ROTATION], -self._max_step_rotation,
-                                 self._max_step_rotation)
         self.target_position = self.workspace.clip(self.target_position
                                                    + safe[TRANSLATION].astype(np.float64))
         rotation = self._client.getQuaternionFromEuler(safe[ROTATION].astype(np.float64))
@@ -127,7 +124,7 @@ class EndEffectorController:
             self._client.stepSimulation()
         return safe
 
-    def yaw_offset(self, orientation: np.ndarray) -> float:
+    def _yaw_offset(self, orientation: np.ndarray) -> float:
         """Turn (radians, in (-pi, pi]) of ``orientation`` about the vertical from the start."""
         return float(np.angle(np.exp(1j * (self._yaw(orientation) - self._start_yaw))))
 
@@ -142,7 +139,7 @@ class EndEffectorController:
     def _limit_yaw(self, orientation: np.ndarray) -> np.ndarray:
         """``orientation`` turned back about the vertical into the yaw window (a turn about
         the world's vertical leaves the tilt unchanged)."""
-        offset = self.yaw_offset(orientation)
+        offset = self._yaw_offset(orientation)
         limit = self.workspace.max_yaw_rad
         if abs(offset) <= limit:
             return orientation
