@@ -85,6 +85,16 @@ def make_policy(context, action_source, **params):
     return PolicyNode(source=action_source, context=context, parameter_overrides=overrides)
 
 
+def proprioceptive_policy(context):
+    """A policy node whose model needs the robot state, told to 'reach the cube'."""
+    source = ScriptedSource([0.01, 0, 0, 0, 0, 0, 0.0])
+    source.needs_state = True
+    policy = make_policy(context, source)
+    probe = Probe(context)
+    probe.instruction_pub.publish(String(data='reach the cube'))
+    return source, probe, [policy, probe.node]
+
+
 def stream(run, nodes, probe, seconds, rate=20.0, **frame_kwargs):
     """Publish frames at `rate` for `seconds` while spinning with `run` (the spin fixture)."""
     for _ in range(int(seconds * rate)):
@@ -225,12 +235,7 @@ def test_policy_accepts_the_other_encodings(ros_context, spin, encoding):
 
 
 def test_policy_waits_for_proprioception_when_the_model_needs_it(ros_context, spin):
-    source = ScriptedSource([0.01, 0, 0, 0, 0, 0, 0.0])
-    source.needs_state = True
-    policy = make_policy(ros_context, source)
-    probe = Probe(ros_context)
-    probe.instruction_pub.publish(String(data='reach the cube'))
-    nodes = [policy, probe.node]
+    source, probe, nodes = proprioceptive_policy(ros_context)
     stream(spin, nodes, probe, 0.5)
     assert not source.seen
     pose = PoseStamped()

@@ -4,7 +4,14 @@ import math
 import numpy as np
 import pytest
 from std_msgs.msg import String
-from test_ros_nodes import LIMITS, Probe, ScriptedSource, make_policy, stream
+from test_ros_nodes import (
+    LIMITS,
+    Probe,
+    ScriptedSource,
+    make_policy,
+    proprioceptive_policy,
+    stream,
+)
 
 from vla_align.ros.conversions import pose_msg
 
@@ -81,12 +88,7 @@ def test_a_refused_instruction_holds_instead_of_keeping_the_old_task(ros_context
 
 
 def test_an_invalid_pose_makes_a_proprioceptive_policy_hold(ros_context, spin):
-    source = ScriptedSource([0.01, 0, 0, 0, 0, 0, 0.0])
-    source.needs_state = True
-    policy = make_policy(ros_context, source)
-    probe = Probe(ros_context)
-    probe.instruction_pub.publish(String(data='reach the cube'))
-    nodes = [policy, probe.node]
+    source, probe, nodes = proprioceptive_policy(ros_context)
     good = pose_msg([0.5, 0, 0.2], [1.0, 0, 0, 0], probe.frame().header.stamp, 'base')
     probe.pose_pub.publish(good)
     stream(spin, nodes, probe, 0.5)
