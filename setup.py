@@ -35,7 +35,7 @@ setup(
     maintainer_email='maintainers@vla-align.invalid',
     description='Language-conditioned manipulation policies for ROS 2 with V-L-A alignment.',
     license='Apache-2.0',
-    tests_require=['pytest'],
+    extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
             'vla-align = vla_align.cli:main',
