@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Optional
 
@@ -50,11 +51,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
+    # Warnings of the library (e.g. 'recovered unclosed recording ...') reach the user's stderr;
+    # a no-op where logging is already configured (by an embedding program, or pytest).
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     module_name, summary = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
     sub_parser = argparse.ArgumentParser(prog=f'vla-align {name}', description=summary)
     module.configure_parser(sub_parser)
-    args = sub_parser.parse_args(rest)
+    # A module that takes free positional words among its options (`up GRAPH --dry-run
+    # checkpoint:=PATH`) says so; intermixed parsing does not support every argparse feature.
+    if getattr(module, 'INTERMIXED_ARGUMENTS', False):
+        args = sub_parser.parse_intermixed_args(rest)
+    else:
+        args = sub_parser.parse_args(rest)
     return int(module.run(args) or 0)
 
 

@@ -30,8 +30,11 @@ parsers' source, not a Humble install.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 import json
+import logging
+import os
 from pathlib import Path
 import shutil
 from typing import Any
@@ -46,10 +49,13 @@ from rosbags.interfaces import (
     QosTime,
 )
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer
+from rosbags.rosbag2.storage_mcap import McapWriter
+from rosbags.rosbag2.storage_sqlite3 import Sqlite3Writer
 from rosbags.serde import SerdeError
 import yaml
 
 from vla_align.data import ros_messages as rm
+from vla_align.data.bag_recovery import RECOVERY_SUFFIX, recover_bag, unclosed_reason
 from vla_align.data.episode import Episode
 from vla_align.ros import topics as topics_contract
 from vla_align.sim.types import PANDA_JOINT_NAMES, CameraConfig, TaskSpec
@@ -61,6 +67,9 @@ BASE_FRAME = 'panda_link0'
 #: Bumped when the bag layout changes; stored in metadata.yaml ``custom_data``.
 LAYOUT_VERSION = '1'
 STORAGES: tuple[str, ...] = ('mcap', 'sqlite3')
+#: Where ``collect`` stages episodes before moving them into place; never searched for bags.
+STAGING_DIR = '.incomplete'
+LOG = logging.getLogger('vla_align.data')
 
 
 @dataclass(frozen=True)
@@ -229,11 +238,40 @@ def write_episode_bag(episode: Episode, path: Path, storage: str = 'mcap',
                     duration_ns=int(stamps[-1] - start_ns), start_ns=int(start_ns))
 
 
+def make_durable(writer: Writer) -> None:
+    """Put everything written so far to an open rosbags ``Writer`` on disk.
+
+    rosbags' McapWriter keeps up to 1 MiB of messages in an in-memory chunk and Sqlite3Writer
+    commits only at close: a writer killed without this loses all of it. Afterwards the folder
+    is an unclosed bag that ``open_bag_reader`` recovers up to this point.
+    """
+    storage = writer.storage
+    if isinstance(storage, McapWriter):
+        if storage.chunk.bio.tell():
+            storage.close_chunk()
+        storage.bio.flush()
+        os.fsync(storage.bio.fileno())
+    elif isinstance(storage, Sqlite3Writer):
+        storage.conn.commit()
+    elif storage is not None:
+        raise TypeError(f'cannot make a {type(storage).__name__} durable')
+
+
 def open_bag_reader(path: Path) -> Reader:
-    """An opened ``rosbags`` Reader (close it); ``ValueError`` naming what is wrong."""
+    """An opened ``rosbags`` Reader (close it); ``ValueError`` naming what is wrong.
+
+    An unclosed recording (a recorder killed before closing its bag) is recovered first, with
+    one WARNING on the ``vla_align.data`` logger saying what was recovered.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f'no rosbag2 at {path}: the path does not exist')
+    try:
+        report = recover_bag(path)
+    except ValueError as exc:
+        raise ValueError(f'cannot recover unclosed rosbag2 {path}: {exc}') from None
+    if report is not None:
+        LOG.warning(report.summary())
     if not (path / 'metadata.yaml').is_file():
         raise ValueError(f'{path} is not a rosbag2 folder (it has no metadata.yaml)')
     try:
@@ -242,6 +280,35 @@ def open_bag_reader(path: Path) -> Reader:
     except (ReaderError, OSError, KeyError) as exc:
         raise ValueError(f'cannot open rosbag2 {path}: {exc}') from None
     return reader
+
+
+def is_bag_folder(path: Path) -> bool:
+    """A rosbag2 folder: it has metadata.yaml, or it is an unclosed recording."""
+    path = Path(path)
+    return (path / 'metadata.yaml').is_file() or unclosed_reason(path) is not None
+
+
+def find_bags(paths: Sequence[str | Path]) -> list[Path]:
+    """Bag folders at or under each of ``paths``, in the order given, sorted under each path.
+
+    A path that is a bag is returned as it is; a folder is searched (not below the bags found,
+    nor in ``STAGING_DIR`` or unfinished recoveries); anything else yields nothing.
+    """
+    found: list[Path] = []
+    for root in map(Path, paths):
+        if is_bag_folder(root):
+            found.append(root)
+            continue
+        under = []
+        for folder, subfolders, _files in os.walk(root):
+            subfolders[:] = [name for name in subfolders if name != STAGING_DIR
+                             and not name.endswith(RECOVERY_SUFFIX)]
+            for name in list(subfolders):
+                if is_bag_folder(Path(folder, name)):
+                    under.append(Path(folder, name))
+                    subfolders.remove(name)
+        found.extend(sorted(under))
+    return list(dict.fromkeys(found))
 
 
 def bag_stats(path: Path) -> BagStats:

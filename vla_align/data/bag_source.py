@@ -34,6 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from vla_align.actions import ACTION_DIM, GRIPPER
+from vla_align.data import bag_io
 from vla_align.data import ros_messages as rm
 from vla_align.data.bag_io import open_bag_reader, read_bag_messages
 from vla_align.ros import topics as contract
@@ -103,10 +104,10 @@ def find_bags(paths: list[Path]) -> list[Path]:
     """Bag folders named by ``paths``: a bag itself, or a folder searched for bags (sorted)."""
     bags: list[Path] = []
     for path in map(Path, paths):
-        if (path / 'metadata.yaml').is_file() or not path.is_dir():
+        if not path.is_dir():
             bags.append(path)  # not-a-bag paths are reported when read
             continue
-        found = sorted(p.parent for p in path.rglob('metadata.yaml'))
+        found = bag_io.find_bags([path])
         if not found:
             raise BagSourceError(f'{path} is neither a rosbag2 folder nor a folder of them')
         bags.extend(found)

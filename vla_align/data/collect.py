@@ -34,13 +34,12 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
-from vla_align.data.bag_io import STORAGES, write_episode_bag
+from vla_align.data.bag_io import STAGING_DIR, STORAGES, find_bags, write_episode_bag
 from vla_align.sim.env import EnvConfig, ManipulationEnv
 from vla_align.sim.rollout import run_expert_episode
 from vla_align.sim.suite import PURPOSES, load_suite
 
-#: Bags are staged here and ``os.replace``d into ``<family>/`` once complete.
-STAGING_DIR = '.incomplete'
+# Bags are staged in STAGING_DIR and ``os.replace``d into ``<family>/`` once complete.
 REPORT_NAME = 'collection.json'
 
 
@@ -182,10 +181,7 @@ def find_episode_bags(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f'no collection at {root}: not a directory')
-    if (root / 'metadata.yaml').is_file():
-        return [root]
-    return sorted(meta.parent for meta in root.rglob('metadata.yaml')
-                  if STAGING_DIR not in meta.relative_to(root).parts)
+    return find_bags([root])
 
 
 # -- worker process ----------------------------------------------------------------------------

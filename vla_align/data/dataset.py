@@ -201,14 +201,13 @@ def cache_key(bags: Sequence[Path], image_size: int) -> str:
 
 def find_bags(paths: Sequence[str | Path]) -> list[Path]:
     """Every episode bag under ``paths`` (each a bag or a folder of bags), sorted."""
-    from vla_align.data.collect import find_episode_bags  # lazy: rosbags only when needed
+    from vla_align.data import bag_io  # lazy: rosbags only when needed
 
-    bags: list[Path] = []
-    for path in paths:
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise DatasetError(f'data path {path} does not exist')
-        bags.extend(find_episode_bags(path))
+    roots = [Path(path).expanduser() for path in paths]
+    for root in roots:
+        if not root.exists():
+            raise DatasetError(f'data path {root} does not exist')
+    bags = bag_io.find_bags(roots)
     if not bags:
         raise DatasetError(f'no episode bags found under {", ".join(map(str, paths))}; '
                            f'collect some with `vla-align collect --out DIR`')

@@ -1,7 +1,8 @@
 """`vla-align inspect-bag PATH`: what a rosbag2 holds, and which episode it records.
 
-Works on any rosbag2 folder (mcap or sqlite3); the episode block is printed when the bag has the
-``/vla/episode`` metadata topic written by ``vla_align.data.bag_io``.
+Works on any rosbag2 folder (mcap or sqlite3, ours or ``ros2 bag record``'s; an unclosed
+recording is recovered first); the episode block is printed only when ``/vla/episode`` holds the
+metadata written by ``vla_align.data.bag_io``.
 """
 from __future__ import annotations
 
@@ -36,15 +37,63 @@ class BagSummary:
     duration_ns: int
     topics: list[TopicSummary]
     episode: Optional[dict[str, Any]]
+    #: Why the messages could not be read (the summary then comes from metadata.yaml alone).
+    unreadable: str = ''
 
     @property
     def message_count(self) -> int:
         return sum(topic.count for topic in self.topics)
 
 
+def episode_record(text: str) -> Optional[dict[str, Any]]:
+    """The episode metadata in a ``/vla/episode`` payload, or None if it holds something else.
+
+    Only what ``bag_io.episode_metadata_json`` writes counts: a JSON object with
+    ``layout_version`` and a ``task`` object (not any JSON a String topic may carry).
+    """
+    try:
+        record = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(record, dict) or 'layout_version' not in record or \
+            not isinstance(record.get('task'), dict):
+        return None
+    return record
+
+
+def summarize_metadata(path: Path, reason: str) -> BagSummary:
+    """What metadata.yaml says, for a bag whose messages cannot be read (an unsupported
+    serialization format, a storage plugin rosbags lacks); ``ValueError`` if that fails too."""
+    import yaml
+
+    try:
+        info = yaml.safe_load((Path(path) / 'metadata.yaml').read_text())
+        info = info['rosbag2_bagfile_information']
+        listed = [TopicSummary(str(t['topic_metadata']['name']),
+                               str(t['topic_metadata'].get('type', '?')),
+                               int(t.get('message_count', 0)))
+                  for t in info.get('topics_with_message_count') or []]
+        start_ns = int(info['starting_time']['nanoseconds_since_epoch'])
+        duration_ns = int(info['duration']['nanoseconds'])
+        storage = str(info.get('storage_identifier', '?'))
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f'{reason}; its metadata.yaml is unreadable too ({exc})') from None
+    return BagSummary(path=Path(path), storage=storage, start_ns=start_ns,
+                      duration_ns=duration_ns, topics=sorted(listed, key=lambda t: t.name),
+                      episode=None, unreadable=reason)
+
+
 def summarize_bag(path: Path, topics: BagTopics = DEFAULT_TOPICS) -> BagSummary:
-    """Read a bag's metadata and its ``/vla/episode`` record (``ValueError`` if unreadable)."""
-    reader = open_bag_reader(path)
+    """Read a bag's metadata and its ``/vla/episode`` record (``ValueError`` if unreadable).
+
+    A bag rosbags refuses to open but whose metadata.yaml is readable is still described,
+    from that file, with the reason its messages were not read."""
+    try:
+        reader = open_bag_reader(path)
+    except ValueError as exc:
+        if not (Path(path) / 'metadata.yaml').is_file():
+            raise
+        return summarize_metadata(path, str(exc))
     try:
         listed = [TopicSummary(name, info.msgtype or '?', info.msgcount)
                   for name, info in sorted(reader.topics.items())]
@@ -54,11 +103,14 @@ def summarize_bag(path: Path, topics: BagTopics = DEFAULT_TOPICS) -> BagSummary:
         episode = None
         connections = [c for c in reader.connections
                        if c.topic == topics.episode and c.msgtype == rm.STRING]
-        for _connection, _timestamp, data in reader.messages(connections=connections):
+        # rosbags reads every connection when given none: only ask when there is one.
+        for _connection, _timestamp, data in (reader.messages(connections=connections)
+                                              if connections else ()):
             try:
-                episode = json.loads(rm.deserialize(data, rm.STRING).data)
-            except json.JSONDecodeError:
-                episode = None
+                text = rm.deserialize(data, rm.STRING).data
+            except Exception:  # noqa: BLE001 - a bad payload is not an episode; keep describing
+                continue
+            episode = episode_record(text) or episode
     except (ReaderError, SerdeError, OSError) as exc:
         raise ValueError(f'cannot read rosbag2 {path}: {exc}') from None
     finally:
@@ -77,6 +129,9 @@ def format_summary(summary: BagSummary) -> str:
     width = max((len(topic.name) for topic in summary.topics), default=0)
     for topic in summary.topics:
         lines.append(f'  {topic.name:<{width}}  {topic.count:>6}  {topic.msgtype}')
+    if summary.unreadable:
+        lines.append(f'note:      from metadata.yaml only; messages not read: '
+                     f'{summary.unreadable}')
     episode = summary.episode
     if episode is None:
         lines.append('episode:   (no episode record in this bag)')
@@ -95,7 +150,8 @@ def format_summary(summary: BagSummary) -> str:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('path', type=Path, help='rosbag2 folder (the one with metadata.yaml)')
+    parser.add_argument('path', type=Path, help='rosbag2 folder (the one with metadata.yaml, or '
+                                                'an unclosed recording, which is recovered)')
 
 
 def run(args: argparse.Namespace) -> int:

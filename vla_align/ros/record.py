@@ -7,7 +7,8 @@
     vla-align record runs/rec --all --storage sqlite3
 
 Also a node named ``record`` (``ros2 run vla_align record``, ``python -m vla_align.ros.record``)
-for graph files, with the parameters ``output``, ``topics``, ``all_topics`` and ``storage``.
+for graph files, with the parameters ``output``, ``topics``, ``all_topics``, ``storage`` and
+``flush_period_s``.
 
 How nothing is lost: subscriptions take the serialized bytes (``raw=True``), the callback only
 counts and queues them, and a writer thread writes them with ``rosbags`` (rosbag2 metadata
@@ -15,7 +16,10 @@ version 8, MCAP by default). Reliable topics are subscribed reliable with KEEP_A
 fast publisher is slowed down rather than overrun); topics whose publishers are best effort
 (cameras) are subscribed best effort, latched ones transient local. On Ctrl-C / SIGTERM the
 queue is drained and the bag closed; the summary compares messages received and written per
-topic (they differ only if writing failed). Topics of the DESIGN.md contract are subscribed at
+topic (they differ only if writing failed). A recorder killed hard (SIGKILL, power loss) loses at
+most the last ``flush_period_s`` (0.5 s) plus what was still queued: the writer thread makes the
+bag durable that often (``bag_io.make_durable``), and the project's bag readers recover the
+unclosed folder (``bag_recovery.recover_bag``). Topics of the DESIGN.md contract are subscribed at
 start; others (``--topics``, ``--all``) once a publisher is discovered, so messages published
 before discovery are not recorded (as with ``ros2 bag record``).
 """
@@ -35,7 +39,14 @@ from typing import Any, Optional
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from vla_align.data import ros_messages as rm
-from vla_align.data.bag_io import BAG_VERSION, DEFAULT_QOS, LATCHED_QOS, SENSOR_QOS, STORAGES
+from vla_align.data.bag_io import (
+    BAG_VERSION,
+    DEFAULT_QOS,
+    LATCHED_QOS,
+    SENSOR_QOS,
+    STORAGES,
+    make_durable,
+)
 from vla_align.ros import topics as contract
 
 NODE_NAME = 'record'
@@ -55,6 +66,8 @@ CONTRACT_TYPES: dict[str, str] = {
 #: Recorded by default: the contract minus /diagnostics (text-heavy, not needed to score).
 DEFAULT_TOPICS: tuple[str, ...] = tuple(t for t in CONTRACT_TYPES if t != contract.DIAGNOSTICS)
 KINDS = ('sensor', 'latched', 'reliable')
+#: Longest time, in seconds, a written message stays only in memory (what a SIGKILL loses).
+FLUSH_PERIOD_S = 0.5
 
 
 @dataclass
@@ -81,12 +94,16 @@ class BagRecorder:
     """Thread-safe front of a rosbags ``Writer``: ``put`` queues, a thread writes.
 
     ``add_topic`` and ``put`` may be called from any thread; ``close`` drains the queue and
-    closes the bag (call it once).
+    closes the bag (call it once). What was written is made durable every ``flush_period_s``.
     """
 
-    def __init__(self, path: Path, storage: str = 'mcap') -> None:
+    def __init__(self, path: Path, storage: str = 'mcap',
+                 flush_period_s: float = FLUSH_PERIOD_S) -> None:
         if storage not in STORAGES:
             raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
+        if not flush_period_s > 0:
+            raise ValueError(f'flush_period_s must be positive, got {flush_period_s!r}')
+        self.flush_period_s = float(flush_period_s)
         path = Path(path)
         if path.exists():
             raise ValueError(f'{path} already exists; a recording goes to a new folder')
@@ -124,11 +141,26 @@ class BagRecorder:
             return
         finally:
             self._opened.set()
+        next_flush, dirty = time.monotonic() + self.flush_period_s, False
         while True:
-            kind, topic, payload = self._queue.get()
+            try:
+                kind, topic, payload = self._queue.get(
+                    timeout=max(0.0, next_flush - time.monotonic()))
+            except queue.Empty:
+                kind = ''
+            if time.monotonic() >= next_flush:  # also while messages keep arriving
+                if dirty:
+                    try:
+                        make_durable(self._writer)
+                    except Exception as exc:  # noqa: BLE001 - the summary says what failed
+                        self.stats.error = self.stats.error or f'flush: {exc}'
+                next_flush, dirty = time.monotonic() + self.flush_period_s, False
+            if not kind:
+                continue
             if kind == 'stop':
                 self._writer.close()
                 return
+            dirty = True
             try:
                 if kind == 'topic':
                     msgtype, offered = payload
@@ -159,7 +191,13 @@ def _node_class() -> type:
     )
 
     from vla_align.ros.bag_player_node import message_class
-    from vla_align.ros.params import StartupError, declare_bool, declare_str, declare_str_list
+    from vla_align.ros.params import (
+        StartupError,
+        declare_bool,
+        declare_float,
+        declare_str,
+        declare_str_list,
+    )
 
     def subscription_qos(kind: str) -> QoSProfile:
         if kind == 'sensor':
@@ -176,7 +214,7 @@ def _node_class() -> type:
 
         def __init__(self, output: Optional[str] = None, topics: Optional[list[str]] = None,
                      all_topics: Optional[bool] = None, storage: Optional[str] = None,
-                     **node_kwargs: Any) -> None:
+                     flush_period_s: Optional[float] = None, **node_kwargs: Any) -> None:
             super().__init__(NODE_NAME, **node_kwargs)
             self.recorder: Optional[BagRecorder] = None
             output = output or declare_str(self, 'output', '',
@@ -188,10 +226,14 @@ def _node_class() -> type:
                                           'record every topic that appears')
             storage = storage or declare_str(self, 'storage', 'mcap', 'bag storage',
                                              STORAGES)
+            if flush_period_s is None:
+                flush_period_s = declare_float(
+                    self, 'flush_period_s', FLUSH_PERIOD_S,
+                    'seconds between making the bag durable (what a SIGKILL loses)', low=0.01)
             if not output:
                 raise StartupError(f'{NODE_NAME}: set the parameter output to a new folder')
             try:
-                self.recorder = BagRecorder(Path(output), storage)
+                self.recorder = BagRecorder(Path(output), storage, flush_period_s)
             except (ValueError, OSError) as exc:
                 raise StartupError(f'{NODE_NAME}: cannot record to {output}: {exc}') from None
             self._wanted = list(dict.fromkeys(wanted))
@@ -280,6 +322,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--storage', choices=STORAGES, default='mcap')
     parser.add_argument('--duration', type=float, default=None, metavar='S',
                         help='stop after S seconds (default: at Ctrl-C)')
+    parser.add_argument('--flush-period', type=float, default=FLUSH_PERIOD_S, metavar='S',
+                        help='make the bag durable every S seconds: at most that much is lost '
+                             'if the recorder is killed (default: %(default)s)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -296,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     node = None
     try:
         node = _node_class()(output=str(args.out), topics=args.topics, all_topics=args.all,
-                             storage=args.storage)
+                             storage=args.storage, flush_period_s=args.flush_period)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         print(f'recording {"all topics" if args.all else " ".join(args.topics)} to {args.out} '
