@@ -31,13 +31,15 @@ def test_shipped_graphs_load_and_each_node_has_its_params_section(path):
         assert 'ros__parameters' in params[spec.name]
 
 
-def test_sim_graph_relays_the_episode_instruction_through_the_instruction_node():
+def test_sim_graph_sends_episode_instructions_through_the_instruction_node():
+    """No remapping: the sim node sends to /vla/instruction_in (where `ros2 topic pub` sends
+    too) and only the instruction node writes /vla/instruction."""
     config = load_graph_config(ROOT / 'config' / 'sim_graph.yaml')
     sim, relay = config.node('sim_node'), config.node('instruction_node')
-    assert dict(sim.remappings)['/vla/instruction'] == '/vla/episode_instruction'
-    assert dict(relay.remappings)['/vla/instruction_in'] == '/vla/episode_instruction'
+    assert not sim.remappings and not relay.remappings
     params = yaml.safe_load(relay.params_file.read_text())
     assert params['instruction_node']['ros__parameters']['source'] == 'topic'
+    assert params['sim_node']['ros__parameters'].get('instruction_handshake', True)
 
 
 def test_command_line_names_the_node_and_keeps_string_values_strings():

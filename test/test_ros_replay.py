@@ -22,11 +22,23 @@ ROOT = Path(__file__).resolve().parents[1]
 REPLAY_GRAPH = ROOT / 'config' / 'replay_graph.yaml'
 
 
+def camera_sized(episode, height: int = 480, width: int = 640):
+    """The episode's frames at a robot camera's size (921 KB each: over Fast DDS's default
+    shared-memory segment, so the graph's large-message profile must be in force)."""
+    from dataclasses import replace
+
+    levels = episode.images[:, :1, :1, :1]
+    episode.images = np.broadcast_to(levels, (len(levels), height, width, 3)).copy()
+    episode.images[:, ::7, ::5, 1] = 255 - levels[:, 0]  # some structure for the resize
+    episode.camera = replace(episode.camera, width=width, height=height)
+    return episode
+
+
 def test_live_replay_matches_offline_scoring(tmp_path, ros_environment):
     torch.set_num_threads(1)
     policy = make_policy()
     policy.save(tmp_path / 'ckpt')
-    episode = varied_episode(6)
+    episode = camera_sized(varied_episode(6))
     bag = tmp_path / 'bag'
     write_episode_bag(episode, bag)
     recording = tmp_path / 'rec'
@@ -48,6 +60,9 @@ def test_live_replay_matches_offline_scoring(tmp_path, ros_environment):
     assert 'messages written' in log.getvalue()
 
     frames = read_bag_frames(bag)
+    assert frames.images.shape[1:] == (480, 640, 3)
+    recorded = read_bag_frames(recording, instruction='x').images  # what the recorder got
+    assert len(recorded) == len(frames), 'camera frames lost in transport'
     options = EvalBagOptions(gripper_state='policy', latency_samples=0)
     offline = predict_offline(policy, frames, options).actions
     live = read_policy_recording(recording, frames)

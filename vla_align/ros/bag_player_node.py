@@ -92,6 +92,12 @@ class BagPlayerNode(Node):
         bag = declare_str(self, 'bag', '', 'rosbag2 folder to replay (required)')
         wanted = declare_str_list(self, 'topics', list(DEFAULT_TOPICS),
                                   'recorded topics to publish (the policy inputs by default)')
+        image_topic = declare_str(self, 'image_topic', topics.IMAGE,
+                                  f'recorded camera topic, replayed on {topics.IMAGE} (the '
+                                  f'policy input) in place of that entry of topics')
+        # Recorded name -> published name: a robot's camera topic is fed to the policy input.
+        renames = {image_topic: topics.IMAGE} if image_topic != topics.IMAGE else {}
+        wanted = list(dict.fromkeys(image_topic if t == topics.IMAGE else t for t in wanted))
         self._rate = declare_float(self, 'rate', 1.0,
                                    'replay speed: 1.0 is the recorded rate, 2.0 twice as fast',
                                    0.01, 1000.0)
@@ -126,8 +132,8 @@ class BagPlayerNode(Node):
             except ValueError as exc:
                 self.get_logger().warning(f'not replaying {topic}: {exc}')
                 continue
-            self._outputs[topic] = self.create_publisher(cls, topic,
-                                                            qos_for_type(available[topic]))
+            self._outputs[topic] = self.create_publisher(cls, renames.get(topic, topic),
+                                                         qos_for_type(available[topic]))
         if not self._outputs:
             raise StartupError(f'{NODE_NAME}: nothing to replay: {bag} has none of {wanted} '
                                f'(it has {sorted(available)})')
@@ -167,15 +173,15 @@ class BagPlayerNode(Node):
         deadline = time.monotonic() + self._wait_timeout
         publisher = self._outputs[self._image_topic]
         while not self._stop.is_set():
-            infos = self.get_subscriptions_info_by_topic(self._image_topic)
+            infos = self.get_subscriptions_info_by_topic(publisher.topic_name)
             names = {info.node_name for info in infos}
             if all(n in names for n in self._wait_nodes) and \
                     publisher.get_subscription_count() >= len(infos):
                 return
             if time.monotonic() > deadline:
                 self.get_logger().warning(f'{self._wait_nodes} did not subscribe to '
-                                          f'{self._image_topic} in {self._wait_timeout:g} s; '
-                                          f'replaying anyway')
+                                          f'{publisher.topic_name} in '
+                                          f'{self._wait_timeout:g} s; replaying anyway')
                 return
             self._stop.wait(0.1)
 

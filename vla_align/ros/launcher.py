@@ -1,4 +1,6 @@
-"""``vla-align up GRAPH``: start a node graph without ``ros2 launch``, one process per node.
+"""``vla-align up GRAPH [NAME:=VALUE ...]``: a node graph without ``ros2 launch``, one process
+per node, from the same graph file the launch files are built from (``graph_config``); launch
+arguments are given as for ``ros2 launch`` (``--show-args`` lists them).
 
 Each node runs as ``python -m <module> --ros-args ...`` (see ``graph_config``); its output is
 forwarded line by line with a ``[node]`` prefix. Ctrl-C or SIGTERM stops the graph: SIGINT to
@@ -33,6 +35,8 @@ from vla_align.ros.graph_config import (
 )
 
 PREFIX = '[up]'
+#: ``vla-align up GRAPH --dry-run NAME:=VALUE``: launch arguments may follow options.
+INTERMIXED_ARGUMENTS = True
 
 
 def graph_environment(settings: GraphSettings, domain_id: Optional[int] = None,
@@ -267,6 +271,9 @@ def describe_episode(status) -> str:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('graph', help='graph file, e.g. config/sim_graph.yaml (a bare name is '
                                       "looked up in the package's config/ folder)")
+    parser.add_argument('arguments', nargs='*', metavar='NAME:=VALUE',
+                        help='launch arguments, as for ros2 launch (e.g. checkpoint:=PATH); '
+                             '--show-args lists them')
     parser.add_argument('--set', dest='overrides', action='append', default=[],
                         metavar='NODE.PARAM=VALUE',
                         help='override a node parameter, e.g. --set policy_node.source=checkpoint '
@@ -279,11 +286,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help='ROS_DOMAIN_ID for the graph (default: settings, then environment)')
     parser.add_argument('--dry-run', action='store_true',
                         help='print the node commands and exit')
+    parser.add_argument('--show-args', action='store_true',
+                        help="print the graph's launch arguments and exit")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_graph_config(resolve_config_path(args.graph))
+        if args.show_args:
+            print(describe_arguments(config))
+            return 0
+        config = config.with_arguments(parse_launch_arguments(args.arguments))
         config = config.with_overrides(args.overrides)
     except GraphConfigError as exc:
         print(f'vla-align up: {exc}', file=sys.stderr)
@@ -312,6 +325,32 @@ def run(args: argparse.Namespace) -> int:
         sink.write(f'{PREFIX} {len(outcome.episodes)} episodes: {wins} succeeded, '
                    f'{len(outcome.episodes) - wins} failed')
     return outcome.status
+
+
+def parse_launch_arguments(tokens: list[str]) -> dict[str, str]:
+    """``['checkpoint:=runs/p', 'rate:=2.0']`` -> ``{'checkpoint': 'runs/p', 'rate': '2.0'}``."""
+    values = {}
+    for token in tokens:
+        name, sep, value = token.partition(':=')
+        if not sep or not name:
+            raise GraphConfigError(f'argument {token!r} is not NAME:=VALUE')
+        values[name] = value
+    return values
+
+
+def describe_arguments(config: GraphConfig) -> str:
+    """The launch arguments, as ``ros2 launch --show-args`` prints them."""
+    lines = ["Arguments (pass arguments as '<name>:=<value>'):", '']
+    every = [*config.arguments, *config.implicit_arguments()]
+    for argument in every:
+        lines.append(f"    '{argument.name}':")
+        lines.append(f'        {argument.description}')
+        if argument.choices:
+            lines.append(f'        Valid choices are: {list(argument.choices)}')
+        lines.append('        (default: ' + (f"'{argument.default}'" if argument.default
+                                              is not None else 'required') + ')')
+        lines.append('')
+    return '\n'.join(lines).rstrip()
 
 
 def _positive_int(text: str) -> int:
