@@ -7,6 +7,7 @@ import pytest
 from vla_align.evaluation.stats import (
     Z_95,
     SuccessRate,
+    mcnemar_exact_p,
     pooled,
     summarize_latency,
     wilson_interval,
@@ -87,3 +88,13 @@ def test_latency_percentiles():
     assert summarize_latency([]) is None
     with pytest.raises(ValueError):
         summarize_latency([1.0, float('nan')])
+
+
+def test_mcnemar_exact_p_is_the_two_sided_binomial_test_of_the_discordant_pairs():
+    assert mcnemar_exact_p(0, 0) == 1.0
+    assert mcnemar_exact_p(5, 0) == pytest.approx(2 / 32)  # 5 of 5 one way: 0.0625
+    assert mcnemar_exact_p(0, 6) == pytest.approx(2 / 64)
+    assert mcnemar_exact_p(3, 3) == 1.0
+    assert mcnemar_exact_p(7, 1) == mcnemar_exact_p(1, 7) == pytest.approx(2 * 9 / 256)
+    with pytest.raises(ValueError):
+        mcnemar_exact_p(-1, 2)

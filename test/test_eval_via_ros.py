@@ -1,8 +1,10 @@
 """`vla-align eval-sim --via-ros`: the same seeded episodes through the ROS 2 graph.
 
 The sim node's episode list and lockstep mode are tested in-process with a stand-in policy;
-one end-to-end run drives the scripted expert through real node processes (sim node + policy
-node relaying /vla/expert_action) and compares it with the in-process expert on the same seeds.
+one end-to-end run drives the scripted expert through real node processes (the main job's graph,
+the policy node relaying /vla/expert_action) and compares it with the in-process expert on the
+same seeds, and one runs the shipped policy through the free-running graph against in-process
+evaluation.
 """
 import argparse
 import json
@@ -17,10 +19,12 @@ from vla_align.evaluation.ros_eval import (
     AGREEMENT_JSON,
     IN_PROCESS_DIR,
     Agreement,
+    RosTiming,
     evaluate_via_ros,
 )
 from vla_align.evaluation.sim_eval import EvalError, ExpertAgent
 from vla_align.evaluation.sim_report import EpisodeRecord
+from vla_align.evaluation.stats import SuccessRate
 from vla_align.ros import qos, topics
 from vla_align.ros.conversions import action_to_multiarray
 from vla_align.ros.episode_status import EpisodeStatus
@@ -74,8 +78,15 @@ class _Probe:
         self.instructions: list[str] = []
         self.statuses: list[EpisodeStatus] = []
         self.node.create_subscription(Image, topics.IMAGE, self._on_image, qos.SENSOR_DATA)
-        self.node.create_subscription(String, topics.INSTRUCTION,
-                                      lambda m: self.instructions.append(m.data), qos.LATCHED)
+        # Plays the instruction node: the sim waits for its instruction to come back.
+        relay = self.node.create_publisher(String, topics.INSTRUCTION, qos.LATCHED)
+
+        def on_instruction(msg) -> None:
+            self.instructions.append(msg.data)
+            relay.publish(msg)
+
+        self.node.create_subscription(String, topics.INSTRUCTION_IN, on_instruction,
+                                      qos.INSTRUCTION_INPUT)
         self.node.create_subscription(String, topics.EPISODE_STATUS, self._on_status,
                                       qos.EPISODE_STATUS)
         self.actions = self.node.create_publisher(Float32MultiArray, topics.ACTION, qos.COMMANDS)
@@ -161,6 +172,31 @@ def test_expert_through_the_ros_graph_matches_in_process_on_the_same_seeds(
     assert '## Agreement with in-process evaluation' in markdown and '2/2 = 100 %' in markdown
     lines = (out / 'episodes.jsonl').read_text().splitlines()
     assert [json.loads(line)['seed'] for line in lines] == reach_seeds
+
+
+@pytest.mark.slow
+def test_the_free_running_main_graph_scores_what_in_process_evaluation_scores(
+        ros_environment, tmp_path):
+    """The main job (config/sim_graph.yaml: sim, instruction and policy nodes, free running at
+    the control rate, families one after another) against in-process evaluation of the same
+    seeded episodes with the shipped policy. Before the fix it lost every pick and put whose
+    previous episode ended with the gripper closed (reach, push): one-sided disagreements that
+    the exact McNemar test flags; timing noise alone disagrees rarely and both ways."""
+    result = evaluate_via_ros('checkpoints/default', splits=['seen'], episodes=4,
+                              timing=RosTiming(tick_rate=10.0), out=tmp_path / 'eval',
+                              workers=1, domain_id=ros_environment, device='cpu',
+                              progress=False, plots=False)
+    families = [r.family for r in result.ros.records]
+    assert families[:5] == ['reach', 'pick', 'push', 'put', 'stack']  # interleaved
+    assert all(r.error is None for r in result.ros.records), result.agreement.not_compared
+    agreement = result.agreement
+    assert len(agreement.comparisons) == 20
+    summary = (f'{agreement.only_in_process} only in-process, {agreement.only_ros} only via '
+               f'ROS: {[c.to_dict() for c in agreement.comparisons if not c.agree]}')
+    assert agreement.systematic_p >= 0.05, summary
+    ros_rate = SuccessRate.from_outcomes(r.success for r in result.ros.records)
+    in_process_rate = SuccessRate.from_outcomes(r.success for r in result.in_process.records)
+    assert in_process_rate.ci95.low <= ros_rate.rate <= in_process_rate.ci95.high, summary
 
 
 def test_bad_requests_are_refused_before_any_node_starts(tmp_path):

@@ -194,7 +194,8 @@ def test_sim_node_applies_no_malformed_action_and_keeps_the_hand_in_its_workspac
     sim = SimNode(context=ros_context, parameter_overrides=[
         Parameter('family', value='reach'), Parameter('image_width', value=32),
         Parameter('image_height', value=32), Parameter('control_rate', value=20.0),
-        Parameter('max_steps', value=100000), Parameter('diagnostics_period_s', value=0.2)])
+        Parameter('max_steps', value=100000), Parameter('diagnostics_period_s', value=0.2),
+        Parameter('instruction_handshake', value=False)])  # alone, no instruction node
     test = Node('sim_fuzzer', context=ros_context)
     actions = test.create_publisher(Float32MultiArray, topics.ACTION, qos.COMMANDS)
     poses, diagnostics = [], []

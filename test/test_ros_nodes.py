@@ -166,6 +166,61 @@ def test_a_new_instruction_starts_from_the_measured_gripper_not_the_last_command
     assert second_task and second_task[0] == 0.0, second_task
 
 
+def test_every_instruction_message_starts_a_task_and_holds_keep_no_old_gripper(ros_context,
+                                                                               spin):
+    """The leak that lost pick and put in the free-running graph: a reach ends with the gripper
+    closed; the holds the node publishes after the next instruction (before its first frame)
+    and the state of that task's first step must come from the measured gripper. The same
+    text sent again is a new attempt and restarts the task too."""
+    source = ScriptedSource([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # always: close
+    policy = make_policy(ros_context, source, max_image_age_s=0.3)
+    probe = Probe(ros_context)
+    joints = probe.node.create_publisher(JointState, topics.JOINT_STATES, qos.DEFAULT)
+    pose = PoseStamped()
+    pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
+    nodes = [policy, probe.node]
+
+    def robot(width):  # measured finger opening (both fingers): 0.08 open .. 0 closed
+        joints.publish(JointState(name=list(policy.settings.gripper_joints),
+                                  position=[width / 2, width / 2]))
+        probe.pose_pub.publish(pose)
+
+    probe.instruction_pub.publish(String(data='touch the red block'))
+    for _ in range(8):
+        robot(0.08)
+        probe.frame()
+        spin(nodes, 0.1)
+    assert probe.action_values()[-1][6] == 1.0  # the task closed the gripper
+    # The camera goes quiet; the robot is reset (fingers open) and a new task arrives.
+    for _ in range(6):
+        robot(0.08)
+        spin(nodes, 0.1)
+    probe.instruction_pub.publish(String(data='lift the red block'))
+    probe.actions.clear()
+    for _ in range(6):
+        robot(0.08)
+        spin(nodes, 0.1)
+    holds = probe.action_values()
+    assert holds and all(not np.any(a[:6]) and a[6] == 0.0 for a in holds), holds
+    for _ in range(4):
+        robot(0.08)
+        probe.frame()
+        spin(nodes, 0.1)
+    lift = [state[7] for _, text, state in source.seen if text == 'lift the red block']
+    assert lift[0] == 0.0 and lift[-1] == 1.0
+    # The same instruction again, after the robot was reset: a new attempt from open.
+    seen_before = len(source.seen)
+    probe.instruction_pub.publish(String(data='lift the red block'))
+    spin(nodes, 0.2)
+    for _ in range(3):
+        robot(0.08)
+        probe.frame()
+        spin(nodes, 0.1)
+    again = [state[7] for _, _text, state in source.seen[seen_before:]]
+    assert again and again[0] == 0.0, again
+    assert source.encoded.count('lift the red block') == 1  # encoded once, all the same
+
+
 def test_policy_holds_without_instruction_and_after_the_camera_stops(ros_context, spin):
     source = ScriptedSource([0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
     policy = make_policy(ros_context, source, max_image_age_s=0.3)
@@ -309,20 +364,38 @@ def test_instruction_node_latches_and_accepts_runtime_changes(ros_context, spin)
     assert not refused.successful and 'max_length' in refused.reason
 
 
-def test_instruction_node_relays_the_input_topic(ros_context, spin):
+@pytest.mark.parametrize('publisher_qos', ['default', 'latched'])
+def test_instruction_node_relays_what_any_ordinary_publisher_sends(ros_context, spin,
+                                                                   publisher_qos):
+    """`ros2 topic pub` and `create_publisher(String, topic, 10)` offer reliable + volatile; a
+    task planner may publish latched. Both must reach /vla/instruction."""
     node = InstructionNode(context=ros_context,
                            parameter_overrides=[Parameter('source', value='topic')])
     other = Node('other', context=ros_context)
-    pub = other.create_publisher(String, topics.INSTRUCTION_IN, qos.LATCHED)
+    pub = other.create_publisher(String, topics.INSTRUCTION_IN,
+                                 10 if publisher_qos == 'default' else qos.LATCHED)
     heard = []
     other.create_subscription(String, topics.INSTRUCTION, lambda m: heard.append(m.data),
                               qos.LATCHED)
+    assert spin([node, other], 5.0, until=lambda: pub.get_subscription_count() == 1), (
+        'the instruction node does not match a publisher with this QoS')
     pub.publish(String(data='lift\tthe  cube'))
     spin([node, other], 2.0, until=lambda: heard)
     assert heard == ['lift the cube']
-    pub.publish(String(data=''))
+    pub.publish(String(data='lift the cube'))  # the same again: a new attempt, relayed
     spin([node, other], 2.0, until=lambda: len(heard) == 2)
+    assert heard == ['lift the cube', 'lift the cube']
+    pub.publish(String(data=''))
+    spin([node, other], 2.0, until=lambda: len(heard) == 3)
     assert heard[-1] == ''  # empty clears the instruction
+    pub.publish(String(data='push it left'))
+    spin([node, other], 2.0, until=lambda: len(heard) == 4)
+    late = Node('late_listener', context=ros_context)  # joins after the fact
+    latest = []
+    late.create_subscription(String, topics.INSTRUCTION, lambda m: latest.append(m.data),
+                             qos.LATCHED)
+    spin([node, other, late], 2.0, until=lambda: latest)
+    assert latest == ['push it left']  # a late joiner gets the current instruction
 
 
 def test_camera_node_publishes_resized_rgb_frames_with_camera_info(ros_context, spin,
@@ -390,7 +463,10 @@ def test_sim_node_starts_episodes_on_request_and_applies_actions(ros_context, sp
     test.create_subscription(String, topics.EPISODE_STATUS,
                              lambda m: got['status'].append(json.loads(m.data)),
                              qos.EPISODE_STATUS)
-    test.create_subscription(String, topics.INSTRUCTION, got['instruction'].append, qos.LATCHED)
+    # The sim sends its instruction as a person would (any ordinary subscriber hears it) ...
+    test.create_subscription(String, topics.INSTRUCTION_IN, got['instruction'].append, 10)
+    # ... and the test plays the instruction node, whose latched output the sim waits for.
+    relay = test.create_publisher(String, topics.INSTRUCTION, qos.LATCHED)
     test.create_subscription(Float32MultiArray, topics.EXPERT_ACTION, got['expert'].append,
                              qos.COMMANDS)
     actions = test.create_publisher(Float32MultiArray, topics.ACTION, qos.COMMANDS)
@@ -400,12 +476,19 @@ def test_sim_node_starts_episodes_on_request_and_applies_actions(ros_context, sp
     assert not got['image'] and not got['status']  # waits for the service
     assert client.wait_for_service(timeout_sec=5.0)
     future = client.call_async(Trigger.Request())
-    assert spin(nodes, 5.0, until=lambda: future.done() and len(got['pose']) >= 2)
+    assert spin(nodes, 5.0, until=lambda: future.done() and got['instruction'])
     assert future.result().success
     first = got['status'][0]
     assert first['episode'] == 0 and first['family'] == 'reach' and not first['done']
     assert first['seed'] == 1100000  # the first evaluation seed of 'seen', never a train seed
-    assert got['instruction'][-1].data == first['instruction']
+    assert got['instruction'][0].data == first['instruction']
+    spin(nodes, 1.2)  # no echo yet: no frame of the episode, and the instruction is sent again
+    assert not got['image'] and len(got['instruction']) >= 2
+    relay.publish(String(data='another task'))  # not this episode's instruction
+    spin(nodes, 0.5)
+    assert not got['image']
+    relay.publish(String(data=first['instruction']))
+    assert spin(nodes, 5.0, until=lambda: len(got['pose']) >= 2)
     image, info = got['image'][-1], got['info'][-1]
     assert (image.width, image.height, image.encoding) == (64, 48, 'rgb8')
     assert (info.width, info.height) == (64, 48)

@@ -1,13 +1,15 @@
 """`vla-align eval-sim --via-ros`: the same seeded episodes through the ROS 2 node graph.
 
 In-process evaluation (``sim_eval.evaluate``) calls the policy directly. This module runs the
-very same plan (``suite.seeds(split, 'eval', N)`` per split, every family) through the graph a
-deployment uses: a ``sim_node`` process (the PyBullet world as camera + robot) and a
-``policy_node`` process (image/instruction/proprioception topics -> safety gate -> /vla/action),
-started with the project's launcher (``ros.launcher.GraphRunner``) in a DDS domain of their own,
-discovery on localhost only. Each finished episode is read from /vla/episode_status and becomes
-an ``EpisodeRecord``, so the usual report code writes report.json / report.md; an *agreement*
-section then compares every episode with the in-process outcome of the same seed.
+very same plan (``suite.seeds(split, 'eval', N)`` per split, every family) through the graph
+``make demo`` runs (config/sim_graph.yaml): a ``sim_node`` process (the PyBullet world as camera
++ robot, sending each episode's instruction as a person would), the ``instruction_node`` and a
+``policy_node`` process (image/instruction/proprioception topics -> safety gate ->
+/vla/action), started with the project's launcher (``ros.launcher.GraphRunner``) in a DDS
+domain of their own, discovery on localhost only. Each finished episode is read from
+/vla/episode_status and becomes an ``EpisodeRecord``, so the usual report code writes
+report.json / report.md; an *agreement* section then compares every episode with the
+in-process outcome of the same seed.
 
 Timing (``tick_rate``):
 - ``0`` (default): **lockstep**. The sim node publishes an observation and steps only when the
@@ -51,6 +53,7 @@ from vla_align.evaluation.sim_report import (
     success_table,
     write_report,
 )
+from vla_align.evaluation.stats import mcnemar_exact_p
 from vla_align.sim.env import EnvConfig
 from vla_align.sim.suite import TaskSuite, load_suite
 
@@ -139,10 +142,28 @@ class Agreement:
                     other.steps, record.steps))
         return cls(comparisons, skipped)
 
+    @property
+    def only_in_process(self) -> int:
+        """Episodes that succeeded in-process and failed through the graph."""
+        return sum(c.in_process_success and not c.ros_success for c in self.comparisons)
+
+    @property
+    def only_ros(self) -> int:
+        return sum(c.ros_success and not c.in_process_success for c in self.comparisons)
+
+    @property
+    def systematic_p(self) -> float:
+        """Exact McNemar p-value: how likely disagreements this one-sided arise by chance
+        (small: one way is systematically better, as when episodes leaked into each other)."""
+        return mcnemar_exact_p(self.only_in_process, self.only_ros)
+
     def to_dict(self) -> dict[str, Any]:
         return {'episodes_compared': len(self.comparisons),
                 'agreed': sum(c.agree for c in self.comparisons),
                 'agreement_rate': self.rate, 'same_step_count_rate': self.same_steps,
+                'only_in_process_succeeded': self.only_in_process,
+                'only_ros_succeeded': self.only_ros,
+                'mcnemar_exact_p': self.systematic_p,
                 'disagreements': [c.to_dict() for c in self.comparisons if not c.agree],
                 'not_compared': list(self.not_compared),
                 'episodes': [c.to_dict() for c in self.comparisons]}
@@ -251,12 +272,17 @@ def _policy_parameters(policy: Any, device: str) -> dict[str, Any]:
 
 def graph_config(jobs: Sequence[Any], suite: TaskSuite, env_config: EnvConfig,
                  source: dict[str, Any], timing: RosTiming) -> Any:
-    """sim_node + policy_node running ``jobs`` in order, from the shipped sim_nodes.yaml."""
+    """The shipped simulation graph (config/sim_graph.yaml, what ``make demo`` and
+    ``sim.launch.py`` run) with its sim node set to run ``jobs`` in order.
+
+    The graph is the main job's own, instruction node included: evaluation measures what a
+    user runs, not a variant of it.
+    """
     from vla_align.paths import share_path
-    from vla_align.ros.graph_config import GraphConfig, GraphSettings, NodeSpec
+    from vla_align.ros.graph_config import load_graph_config
     from vla_align.ros.sim_node import PlannedEpisode
 
-    params_file = share_path('config', 'sim_nodes.yaml')
+    config = load_graph_config(share_path('config', 'sim_graph.yaml')).with_arguments({})
     tick_rate = LOCKSTEP_TICK_RATE if timing.lockstep else timing.tick_rate
     sim = {
         'episode_list': [PlannedEpisode(j.split, j.family, j.seed).entry() for j in jobs],
@@ -274,12 +300,7 @@ def graph_config(jobs: Sequence[Any], suite: TaskSuite, env_config: EnvConfig,
               # Grounding only flags (refuse_ungrounded is off), so actions do not depend on
               # it; -1 keeps the flag, and its logging, out of the evaluation.
               'alignment_threshold': -1.0}
-    # No instruction node: the sim node publishes /vla/instruction itself, so the instruction
-    # reaches the policy before the episode's first frame (one hop, published first).
-    nodes = (NodeSpec('sim_node', 'vla_align.ros.sim_node', params_file, sim),
-             NodeSpec('policy_node', 'vla_align.ros.policy_node', params_file, policy))
-    return GraphConfig(path=params_file, description='eval-sim --via-ros', nodes=nodes,
-                       settings=GraphSettings(localhost_only=True, shutdown_timeout_s=10.0))
+    return config.with_parameters('sim_node', sim).with_parameters('policy_node', policy)
 
 
 @dataclass(frozen=True)
@@ -351,6 +372,9 @@ def agreement_markdown(ros: EvalReport, in_process: EvalReport, agreement: Agree
                                          f'{100 * rate:.0f} %'),
              '- same step count too: '
              + ('-' if agreement.same_steps is None else f'{100 * agreement.same_steps:.0f} %'),
+             f'- succeeded only in-process / only through ROS 2: {agreement.only_in_process} / '
+             f'{agreement.only_ros} (exact McNemar p = {agreement.systematic_p:.3f}; small means '
+             f'one path is systematically better)',
              '', '### In-process', '', success_table(in_process, markdown=True), '',
              '### Through ROS 2', '', success_table(ros, markdown=True)]
     if data['disagreements']:
@@ -400,7 +424,10 @@ def format_agreement(result: RosEvalResult) -> str:
              + ('-' if rate is None else f'{data["agreed"]}/{data["episodes_compared"]} '
                                          f'episodes ({100 * rate:.0f} %)')
              + f'; wall time {result.in_process.wall_time_s:.1f} s in-process vs '
-               f'{result.ros.wall_time_s:.1f} s through ROS 2']
+               f'{result.ros.wall_time_s:.1f} s through ROS 2',
+             f'succeeded only in-process / only through ROS 2: '
+             f'{result.agreement.only_in_process} / {result.agreement.only_ros} (exact '
+             f'McNemar p = {result.agreement.systematic_p:.3f})']
     for d in data['disagreements'][:10]:
         lines.append(f'disagree: {d["split"]}/{d["family"]} seed {d["seed"]}: in-process '
                      f'{"success" if d["in_process_success"] else "failure"} '

@@ -85,6 +85,21 @@ class SuccessRate:
                 'success_rate': self.rate, 'ci95': self.ci95.to_list()}
 
 
+def mcnemar_exact_p(only_first: int, only_second: int) -> float:
+    """Two-sided exact McNemar p-value for paired outcomes (the same seeded episodes run two
+    ways): ``only_first`` episodes succeeded only the first way, ``only_second`` only the
+    second. Under "neither way is better" each discordant pair is a fair coin, so this is the
+    binomial test of ``min(b, c)`` in ``b + c`` tosses; 1.0 when nothing is discordant."""
+    if only_first < 0 or only_second < 0:
+        raise ValueError('counts must be >= 0')
+    n = only_first + only_second
+    if n == 0:
+        return 1.0
+    k = min(only_first, only_second)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
 def pooled(rates: Iterable[SuccessRate]) -> Optional[SuccessRate]:
     """All episodes of several cells counted together (None when there are none)."""
     total: Optional[SuccessRate] = None

@@ -677,6 +677,8 @@ class Campaign:
                                                  'log_repeat_period_s': 10.0}, []),
             'sim': ('sim_node', {'family': 'reach', 'image_width': 32, 'image_height': 32,
                                  'control_rate': 20.0, 'max_steps': 100000,
+                                 # alone: no instruction node to relay its instruction
+                                 'instruction_handshake': False,
                                  'diagnostics_period_s': 0.5}, []),
         }
         with tempfile.TemporaryDirectory(prefix='vla_align_fuzz_') as log_dir, \

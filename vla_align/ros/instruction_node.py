@@ -3,19 +3,25 @@
 Where the text comes from (``source`` parameter):
 
 * ``parameter`` — the ``instruction`` parameter, published at start and again whenever it is
-  changed: ``ros2 param set /instruction_node instruction "pick up the red block"``.
+  set: ``ros2 param set /instruction_node instruction "pick up the red block"``.
 * ``stdin`` — one instruction per line typed into the node's terminal.
 * ``topic`` — std_msgs/String on /vla/instruction_in (std_srvs has no service that carries a
-  string, so a topic is the standard-message way in): ``ros2 topic pub --once
-  /vla/instruction_in std_msgs/String "{data: 'push the blue block left'}"``. The
-  subscription is latched too, so it can relay another latched publisher (the sim graph
-  remaps it to the sim node's episode instruction).
+  string, so a topic is the standard-message way in). The subscription takes what any ordinary
+  publisher offers (reliable or transient local, ``qos.INSTRUCTION_INPUT``), so a plain
+  ``ros2 topic pub --once /vla/instruction_in std_msgs/String "{data: 'push the blue block
+  left'}"`` works; in the simulation graph the sim node publishes its episode instructions here
+  like a task planner would.
+
+Every accepted input is published, the same text again included: an instruction message starts
+a task, so repeating "pick up the red block" after a failed attempt starts it afresh (the policy
+node resets its per-task state on every message). /vla/instruction is latched, so a policy that
+starts later still gets the current instruction.
 
 Text is whitespace-normalised; an empty instruction clears the current one (the policy then
 holds still); text longer than ``max_length`` or with control characters is refused: the
 first refusal is logged with its reason, later ones at most once per
-``log_repeat_period_s``, and all are counted in /diagnostics. An input that normalises to the
-current instruction is not published again (a latched topic already holds it).
+``log_repeat_period_s``, and all are counted in /diagnostics. When several inputs arrive within
+one poll period only the newest is published.
 """
 from __future__ import annotations
 
@@ -69,7 +75,8 @@ class InstructionNode(Node):
                 self._pending.append(initial)
             self.add_on_set_parameters_callback(self._on_set_parameters)
         elif self.source == 'topic':
-            self.create_subscription(String, topics.INSTRUCTION_IN, self._on_text, qos.LATCHED)
+            self.create_subscription(String, topics.INSTRUCTION_IN, self._on_text,
+                                     qos.INSTRUCTION_INPUT)
         else:
             self._reader = LineReader(sys.stdin)
             self.get_logger().info('type an instruction and press Enter (Ctrl-D ends input)')
@@ -110,8 +117,6 @@ class InstructionNode(Node):
             line = self._refusals.report('instruction', str(exc), time.monotonic())
             if line is not None:
                 self.get_logger().warning(line.replace('ignoring bad', 'refused'))
-            return
-        if instruction == self._current:
             return
         self._publisher.publish(String(data=instruction))
         self._published += 1

@@ -13,6 +13,11 @@ callback only caches the frame and wakes a guard condition, whose callback does 
 no new frame came). In both modes the control timer publishes holds while the camera is
 silent, so the output never simply stops.
 
+Tasks: every /vla/instruction message starts a task, the same text again included (a person
+re-sending an instruction after a failed attempt). A task starts from the robot as measured:
+the gripper state fed to the model and kept by holds is the measured opening, not the previous
+task's last command, and the rate limiter restarts; the text is encoded only when it changed.
+
 Safety (``safety.SafetyGate``): output clamped to the limits and rate limited; an explicit
 hold (zero motion, gripper unchanged) when the image is stale or cannot be decoded, no usable
 instruction is set, the model fails or returns non-finite values, or (with
@@ -167,6 +172,8 @@ class PolicyNode(Node):
         self._used_seq = 0
         self._instruction = ''
         self._instruction_refused = False
+        self._instruction_seq = 0  # +1 per instruction message: each one starts a task
+        self._task_seq = 0  # the instruction message the current task started from
         self._encoded: Optional[str] = None
         self._ee_pose: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._measured_gripper: Optional[float] = None
@@ -313,6 +320,7 @@ class PolicyNode(Node):
             self._frame_guard.trigger()
 
     def _on_instruction(self, msg: String) -> None:
+        self._instruction_seq += 1
         try:
             self._instruction = normalize_instruction(msg.data,
                                                       self.settings.max_instruction_length)
@@ -373,6 +381,8 @@ class PolicyNode(Node):
 
     def _act(self, now: float) -> None:
         """One control step on the newest frame: publish an action or a hold."""
+        if self._task_seq != self._instruction_seq:
+            self._start_task()
         frame = self._frame
         age = None if frame is None else now - frame.arrival
         problem = self._gate.input_problem(age, self._instruction, self._instruction_refused)
@@ -398,15 +408,10 @@ class PolicyNode(Node):
         except ImageConversionError as exc:
             self._bad_input('image', str(exc), log=False)  # the BAD_IMAGE hold says it
             return self._gate.hold(HoldReason.BAD_IMAGE, str(exc))
-        new_task = self._instruction != self._encoded
-        if new_task:
-            # A new task starts from the robot as measured, not from the previous task's last
-            # command: the gripper state fed to the model and the rate limiter start afresh.
-            self._has_commanded = False
         if not self._has_commanded and self._measured_gripper is not None:
             self._gate.set_gripper(self._measured_gripper)
         try:
-            if new_task:
+            if self._instruction != self._encoded:
                 self._source.encode_instruction(self._instruction)
                 self._encoded = self._instruction
             if self._expert is not None:
@@ -424,6 +429,21 @@ class PolicyNode(Node):
             self._last_alignment = out.alignment
             self._alignment_pub.publish(Float32(data=float(out.alignment)))
         return self._gate.accept(out.action, out.alignment)
+
+    def _start_task(self) -> None:
+        """A new instruction message starts a task from the robot as measured.
+
+        Nothing of the previous task carries over: not its last gripper command (fed back to
+        the model as state, and kept by holds), not the rate limiter's memory. Without this a
+        pick that followed a reach (whose gripper ends closed) started "holding" nothing, and
+        holds published before the first frame of the new task closed the gripper.
+        """
+        self._task_seq = self._instruction_seq
+        self._has_commanded = False
+        if self._measured_gripper is not None:
+            self._gate.set_gripper(self._measured_gripper)
+        else:
+            self._gate.set_gripper(self._gate.gripper)  # restart the rate limiter only
 
     def _state_vector(self) -> Optional[np.ndarray]:
         """ee position (3), quaternion xyzw (4), last gripper command (1); None if unknown."""

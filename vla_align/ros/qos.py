@@ -17,6 +17,14 @@ LATCHED = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
                      reliability=QoSReliabilityPolicy.RELIABLE,
                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 
+#: Instruction input (/vla/instruction_in): what ``ros2 topic pub`` and any publisher created
+#: with default settings offer (reliable, volatile, keep last 10). A volatile reliable
+#: subscription matches volatile and transient-local publishers alike; a transient-local one
+#: would refuse the volatile publishers a person uses ("offering incompatible QoS").
+INSTRUCTION_INPUT = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
+                               reliability=QoSReliabilityPolicy.RELIABLE,
+                               durability=QoSDurabilityPolicy.VOLATILE)
+
 #: /vla/action, /vla/ee_twist, /vla/gripper: every command delivered, in order.
 COMMANDS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                       reliability=QoSReliabilityPolicy.RELIABLE,

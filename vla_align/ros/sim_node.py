@@ -4,8 +4,16 @@ Every control period (``control_rate``) it applies the newest action received on
 since the previous period (each action is applied once; a period without a new action applies
 a hold: zero motion, gripper unchanged), steps the physics, and publishes what a robot would:
 /camera/image_raw + /camera/camera_info (sensor QoS), /joint_states and /vla/ee_pose. It also
-publishes the episode's instruction on /vla/instruction (latched) and a JSON
-``episode_status.EpisodeStatus`` on /vla/episode_status.
+sends each episode's instruction where a person or a task planner would, to the instruction
+node's input /vla/instruction_in, and publishes a JSON ``episode_status.EpisodeStatus`` on
+/vla/episode_status (privileged: for scoring only).
+
+Episode boundaries (``instruction_handshake``, on by default): a new episode's first frame is
+published only once its instruction is back on /vla/instruction (the instruction node's latched
+output, which the policy reads too), and actions received before that frame are discarded. So
+the policy never acts on the new scene with the previous task's instruction, and nothing the
+policy decided for the previous episode (a closed gripper, say) is applied to the next one:
+the free-running graph runs each episode as in-process evaluation does.
 
 Episodes come from the task suite: ``(family, split, seed)`` -> task; the seed starts at the
 ``seed`` parameter and increases by one per episode; ``family: all`` cycles through the task
@@ -25,9 +33,8 @@ For evaluation (``vla-align eval-sim --via-ros``):
 - ``lockstep`` makes the world wait for the policy: an observation is published once, and the
   next step applies the first action received after it (a hold if none came within
   ``action_timeout_s``). Timing then plays no part, which separates "does the graph compute the
-  same actions" from "does it keep up". The first observation of an episode follows its
-  instruction by one tick, so the policy acts on the new instruction. The final observation of
-  an episode is not published (no action can answer it). The policy node's frame pacing
+  same actions" from "does it keep up". The final observation of an episode is not published
+  (no action can answer it). The policy node's frame pacing
   (its ``control_rate``) must be faster than the tick rate, or frames go unanswered.
 """
 from __future__ import annotations
@@ -79,6 +86,10 @@ WARMUP_QUIET_S = 0.15
 #: Lockstep warm-up: the warm-up frame is sent again after this long without the policy going
 #: quiet (a best-effort frame sent before the policy's subscription was matched is lost).
 WARMUP_RESEND_S = 0.5
+#: An episode's instruction is sent again this often until it is back on /vla/instruction;
+#: a warning says so after INSTRUCTION_WAIT_WARNING_S.
+INSTRUCTION_RESEND_S = 0.5
+INSTRUCTION_WAIT_WARNING_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,11 @@ class SimNode(Node):
         self.publish_expert = declare_bool(self, 'publish_expert_action', False,
                                            "publish the scripted expert's suggested action on "
                                            '/vla/expert_action (demo/debug; privileged state)')
+        self.instruction_handshake = declare_bool(
+            self, 'instruction_handshake', True,
+            "start each episode's first step once its instruction is back on /vla/instruction "
+            '(relayed by the instruction node), so the policy never acts on the new scene with '
+            'the previous instruction; false: start at once')
         self.base_frame = declare_str(self, 'base_frame', 'panda_link0',
                                       'frame_id of /vla/ee_pose (the robot base)')
         diagnostics_period = declare_float(self, 'diagnostics_period_s', 1.0,
@@ -194,7 +210,12 @@ class SimNode(Node):
         self._step_rate = RateMeter()
         # Lockstep: when the observation awaiting its action was published (None: none awaits).
         self._awaiting_since: Optional[float] = None
-        self._publish_pending = False  # lockstep: publish the observation at the next tick
+        # The episode's instruction, published on /vla/instruction_in, is not yet back on
+        # /vla/instruction (so the policy may not have it): when it was last sent, else None.
+        self._instruction_sent_at: Optional[float] = None
+        self._instruction_first_sent_at = 0.0
+        self._instruction_wait_reported = False
+        self._echo: tuple[str, float] = ('', -float('inf'))  # newest /vla/instruction, arrival
         self._warmup_since: Optional[float] = None  # lockstep: see _warmed_up
         self._last_action_at = -float('inf')  # time.monotonic() of the newest action message
 
@@ -202,7 +223,13 @@ class SimNode(Node):
         self._info_pub = self.create_publisher(CameraInfo, topics.CAMERA_INFO, qos.SENSOR_DATA)
         self._joints_pub = self.create_publisher(JointState, topics.JOINT_STATES, qos.DEFAULT)
         self._pose_pub = self.create_publisher(PoseStamped, topics.EE_POSE, qos.DEFAULT)
-        self._instruction_pub = self.create_publisher(String, topics.INSTRUCTION, qos.LATCHED)
+        # Episode instructions go where a person or a task planner sends them: to the
+        # instruction node's input, as an ordinary publisher.
+        self._instruction_pub = self.create_publisher(String, topics.INSTRUCTION_IN,
+                                                      qos.INSTRUCTION_INPUT)
+        if self.instruction_handshake:
+            self.create_subscription(String, topics.INSTRUCTION, self._on_instruction_echo,
+                                     qos.LATCHED)
         self._status_pub = self.create_publisher(String, topics.EPISODE_STATUS,
                                                  qos.EPISODE_STATUS)
         self._expert_pub = (self.create_publisher(Float32MultiArray, topics.EXPERT_ACTION,
@@ -280,6 +307,9 @@ class SimNode(Node):
         self._action = action
         self._last_action_at = time.monotonic()
 
+    def _on_instruction_echo(self, msg: String) -> None:
+        self._echo = (msg.data, time.monotonic())
+
     def _on_reset_request(self, request: Trigger.Request,
                           response: Trigger.Response) -> Trigger.Response:
         following = self._episode + 1
@@ -302,17 +332,21 @@ class SimNode(Node):
         if self._reset_requested or (self.auto_reset and self._done and self._done_at is not None
                                      and now - self._done_at >= self.reset_delay_s):
             self._reset_requested = False
-            if self._plan_finished():
+            if not self._plan_finished():
+                self._start_episode(now)
+            return  # the instruction goes out first; the first frame once it has arrived
+        if self._instruction_sent_at is not None:
+            if not self._instruction_arrived(now):
                 return
-            if not self._start_episode():
-                return
-            if self.lockstep:  # the instruction goes out first; the frame at the next tick
-                self._publish_pending = True
-                return
-        elif not self._done:
+            self._instruction_sent_at = None
+            self._action = None  # only answers to this episode's frames are applied
+            if self.lockstep:
+                self._publish_lockstep_observation(now)
+            else:
+                self._publish_observation()
+            return
+        if not self._done:
             if self.lockstep and not self._ready_to_step(now):
-                if self._publish_pending:
-                    self._publish_lockstep_observation(now)
                 return
             self._advance(now)
         if self.lockstep:
@@ -345,9 +379,30 @@ class SimNode(Node):
             return False
         return now - max(self._last_action_at, self._warmup_since) >= WARMUP_QUIET_S
 
+    def _instruction_arrived(self, now: float) -> bool:
+        """Has this episode's instruction come back on /vla/instruction? Sends it again every
+        ``INSTRUCTION_RESEND_S`` until it has (a message sent before the instruction node's
+        subscription matched is lost), and says so once if that takes long."""
+        if not self.instruction_handshake:
+            return True
+        text, arrived_at = self._echo
+        if text == self._instruction and arrived_at >= self._instruction_first_sent_at:
+            return True
+        if now - self._instruction_sent_at >= INSTRUCTION_RESEND_S:
+            self._instruction_pub.publish(String(data=self._instruction))
+            self._instruction_sent_at = now
+        if (not self._instruction_wait_reported
+                and now - self._instruction_first_sent_at >= INSTRUCTION_WAIT_WARNING_S):
+            self._instruction_wait_reported = True
+            self.get_logger().warning(
+                f'episode {self._episode} waits for its instruction on {topics.INSTRUCTION}: '
+                f'is the instruction node running with source: topic? (or set '
+                f'instruction_handshake: false)')
+        return False
+
     def _ready_to_step(self, now: float) -> bool:
         """Lockstep: has the action answering the published observation come (or timed out)?"""
-        if self._publish_pending or self._awaiting_since is None:
+        if self._awaiting_since is None:
             return False
         if self._action is not None:
             return True
@@ -360,7 +415,6 @@ class SimNode(Node):
 
     def _publish_lockstep_observation(self, now: float) -> None:
         """Publish the newest observation once; the next action received answers it."""
-        self._publish_pending = False
         if self._obs is None:
             return
         self._action = None  # anything received before this observation answers an older one
@@ -386,7 +440,7 @@ class SimNode(Node):
             self._waiting_reported = True
         return False
 
-    def _start_episode(self) -> bool:
+    def _start_episode(self, now: float) -> bool:
         self._episode += 1
         planned = self._episode_task(self._episode)
         split, family, self._seed = planned.split, planned.family, planned.seed
@@ -403,6 +457,8 @@ class SimNode(Node):
         self._step, self._success, self._done, self._done_at = 0, False, False, None
         self._action, self._gripper = None, float(self._obs.gripper)
         self._instruction_pub.publish(String(data=self._instruction))
+        self._instruction_sent_at = self._instruction_first_sent_at = now
+        self._instruction_wait_reported = False
         self._publish_status()
         self.get_logger().info(f'episode {self._episode}: {family}, seed {self._seed}: '
                                f'{self._instruction!r}')
