@@ -1,4 +1,4 @@
-"""Episode <-> rosbag2: exact round trips, nothing lost, clear errors for broken bags."""
+"""Episode -> rosbag2 -> the sim_panda contract: round trips, nothing lost, clear errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,33 +16,56 @@ from vla_align.data.bag_io import (
     BagTopics,
     bag_stats,
     read_bag_messages,
-    read_episode_bag,
     step_stamps_ns,
     write_episode_bag,
 )
-from vla_align.data.episode import Episode
-from vla_align.sim.types import CameraConfig, TaskSpec
+from vla_align.data.contract import load_contract
+from vla_align.data.contract_reader import ContractBagError, read_contract_episodes
+from vla_align.data.episode import CameraGeometry, Episode, TaskInfo
+from vla_align.data.state import canonical_quaternion
 
 NUM_STEPS = 12
 TOPICS = BagTopics()
 
 
-def make_episode(rng: np.random.Generator, num_steps: int = NUM_STEPS) -> Episode:
-    """A synthetic episode; a non-square image catches height/width mix-ups."""
-    camera = CameraConfig(width=20, height=14, eye=(1.0, 0.1, 0.7))
-    task = TaskSpec(family='put', instruction='put the red block in the blue bowl',
-                    target='red block', destination='blue bowl', split='shift',
-                    num_distractors=3, shift={'camera_jitter': 0.02})
+JOINTS = tuple(f'panda_joint{i}' for i in range(1, 8)) + ('panda_finger_joint1',
+                                                          'panda_finger_joint2')
+
+
+def make_episode(rng: np.random.Generator, num_steps: int = NUM_STEPS,
+                 control_hz: float = 7.5) -> Episode:
+    """A synthetic episode; a non-square image catches height/width mix-ups. The gripper state
+    is the command in force (the previous action's), as in the simulator's episodes."""
+    camera = CameraGeometry(width=20, height=14, fx=18.0, fy=18.0, cx=9.5, cy=6.5,
+                            frame_id='camera_color_optical_frame')
+    task = TaskInfo(instruction='put the red block in the blue bowl', family='put',
+                    split='shift', details={'target': 'red block', 'destination': 'blue bowl',
+                                            'num_distractors': 3,
+                                            'shift': {'camera_jitter': 0.02}})
+    actions = rng.normal(0, 0.01, (num_steps, 7)).astype(np.float32)
+    actions[:, 6] = rng.integers(0, 2, num_steps)
     return Episode(
         task=task, seed=1234,
         images=rng.integers(0, 256, (num_steps, camera.height, camera.width, 3), dtype=np.uint8),
-        actions=rng.normal(0, 0.01, (num_steps, 7)).astype(np.float32),
+        actions=actions,
         ee_positions=rng.normal(0.4, 0.1, (num_steps, 3)).astype(np.float32),
         ee_orientations=rng.normal(0, 1, (num_steps, 4)).astype(np.float32),
-        grippers=rng.random(num_steps).astype(np.float32),
+        grippers=np.concatenate([[0.0], actions[:-1, 6]]).astype(np.float32),
         joint_positions=rng.normal(0, 1, (num_steps, 9)).astype(np.float32),
-        success=True, control_hz=7.5, camera=camera,
+        joint_names=JOINTS, success=True, control_hz=control_hz, camera=camera,
         metadata={'expert': 'scripted', 'steps_to_success': np.int64(9)})
+
+
+def read_back(path: Path, rate: float = 7.5) -> Episode:
+    """The one episode of a bag, read as training reads it (the sim_panda contract)."""
+    contract = load_contract('sim_panda')
+    from dataclasses import replace
+
+    contract = replace(contract, control_rate_hz=rate,
+                       episodes=replace(contract.episodes, success_only=False))
+    result = read_contract_episodes(path, contract)
+    assert len(result.episodes) == 1, result.dropped
+    return result.episodes[0]
 
 
 @pytest.fixture
@@ -71,18 +94,23 @@ def copy_bag_without(src: Path, dst: Path, topic: str, keep: int) -> None:
 
 
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
-def test_round_trip_is_exact(tmp_path, episode, storage):
+def test_round_trip_through_the_contract_is_exact(tmp_path, episode, storage):
     write_episode_bag(episode, tmp_path / 'bag', storage=storage)
-    restored = read_episode_bag(tmp_path / 'bag')
-    for name in ('images', 'actions', 'ee_positions', 'ee_orientations', 'grippers',
-                 'joint_positions'):
+    restored = read_back(tmp_path / 'bag')
+    for name in ('images', 'actions', 'ee_positions', 'grippers'):
         original, back = getattr(episode, name), getattr(restored, name)
         assert back.dtype == original.dtype, name
         assert np.array_equal(back, original), name
+    # Orientations come back canonical: unit length, w >= 0 (q and -q are one orientation).
+    np.testing.assert_allclose(restored.ee_orientations,
+                               canonical_quaternion(episode.ee_orientations), atol=1e-6)
+    np.testing.assert_allclose(restored.states(), episode.states(), atol=1e-6)
     assert restored.task == episode.task
     assert (restored.seed, restored.success, restored.control_hz) == (1234, True, 7.5)
     assert restored.camera == episode.camera
-    assert restored.metadata == {'expert': 'scripted', 'steps_to_success': 9}
+    assert restored.metadata['expert'] == 'scripted'
+    assert restored.metadata['steps_to_success'] == 9
+    assert restored.metadata['contract'] == 'sim_panda'
 
 
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
@@ -151,43 +179,57 @@ def test_mcap_bag_is_reproducible(tmp_path, episode):
 
 
 def test_missing_path_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match='does not exist'):
-        read_episode_bag(tmp_path / 'nowhere')
+    contract = load_contract('sim_panda')
+    with pytest.raises(ContractBagError, match='does not exist'):
+        read_contract_episodes(tmp_path / 'nowhere', contract)
     (tmp_path / 'folder').mkdir()
-    with pytest.raises(ValueError, match='no metadata.yaml'):
-        read_episode_bag(tmp_path / 'folder')
+    with pytest.raises(ContractBagError, match='no metadata.yaml'):
+        read_contract_episodes(tmp_path / 'folder', contract)
 
 
 def test_bag_lacking_a_topic_is_a_clear_error(tmp_path, episode):
     write_episode_bag(episode, tmp_path / 'bag')
     copy_bag_without(tmp_path / 'bag', tmp_path / 'no_action', TOPICS.action, keep=0)
-    with pytest.raises(ValueError, match=r"lacks required topics \['/vla/action'\]"):
-        read_episode_bag(tmp_path / 'no_action')
+    with pytest.raises(ContractBagError, match=r'missing /vla/action \(action\)'):
+        read_contract_episodes(tmp_path / 'no_action', load_contract('sim_panda'))
 
 
-def test_bag_that_lost_a_message_is_detected(tmp_path, episode):
+def test_frames_whose_action_was_lost_are_dropped_and_counted(tmp_path, episode):
     write_episode_bag(episode, tmp_path / 'bag')
-    copy_bag_without(tmp_path / 'bag', tmp_path / 'lossy', TOPICS.action, keep=NUM_STEPS - 1)
-    with pytest.raises(ValueError, match=f'/vla/action has {NUM_STEPS - 1} messages'):
-        read_episode_bag(tmp_path / 'lossy')
+    copy_bag_without(tmp_path / 'bag', tmp_path / 'lossy', TOPICS.action, keep=NUM_STEPS - 3)
+    from dataclasses import replace
+
+    result = read_contract_episodes(tmp_path / 'lossy',
+                                    replace(load_contract('sim_panda'), control_rate_hz=7.5))
+    assert result.frames_used == NUM_STEPS - 3
+    assert result.dropped['frame without action'] == 3
+    np.testing.assert_array_equal(result.episodes[0].actions, episode.actions[:NUM_STEPS - 3])
 
 
 def test_empty_bag_is_a_clear_error(tmp_path):
     with Writer(tmp_path / 'empty', version=BAG_VERSION,
                 storage_plugin=StoragePlugin.MCAP) as writer:
         writer.add_connection(TOPICS.image, rm.IMAGE, typestore=rm.TYPESTORE)
-    with pytest.raises(ValueError, match='empty'):
-        read_episode_bag(tmp_path / 'empty')
+    with pytest.raises(ContractBagError, match='empty'):
+        read_contract_episodes(tmp_path / 'empty', load_contract('sim_panda'))
 
 
-def test_custom_topic_names_round_trip(tmp_path, episode):
+def test_custom_topic_names_are_written(tmp_path, episode):
     topics = BagTopics(image='/camera/color/image_raw', action='/robot/action')
     stats = write_episode_bag(episode, tmp_path / 'bag', topics=topics)
     assert stats.message_counts['/camera/color/image_raw'] == NUM_STEPS
-    assert np.array_equal(read_episode_bag(tmp_path / 'bag', topics=topics).actions,
-                          episode.actions)
-    with pytest.raises(ValueError, match='lacks required topics'):
-        read_episode_bag(tmp_path / 'bag')
+    assert stats.message_counts['/robot/action'] == NUM_STEPS
+    with pytest.raises(ContractBagError, match='missing /camera/image_raw'):
+        read_contract_episodes(tmp_path / 'bag', load_contract('sim_panda'))
+
+
+def test_bag_topic_names_are_the_node_graphs():
+    from vla_align.ros import topics
+
+    assert (TOPICS.image, TOPICS.camera_info, TOPICS.instruction, TOPICS.action,
+            TOPICS.joint_states, TOPICS.ee_pose, TOPICS.gripper, TOPICS.episode) == (
+        topics.IMAGE, topics.CAMERA_INFO, topics.INSTRUCTION, topics.ACTION,
+        topics.JOINT_STATES, topics.EE_POSE, topics.GRIPPER, topics.EPISODE_METADATA)
 
 
 def test_writer_refuses_bad_requests(tmp_path, episode):
@@ -235,7 +277,7 @@ def test_inspect_bag_prints_topics_counts_and_episode(tmp_path, episode, capsys)
         line = next(line for line in out.splitlines() if line.strip().startswith(topic + ' '))
         assert line.split()[1] == str(count)
     assert "instruction: 'put the red block in the blue bowl'" in out
-    assert 'success:     True' in out
+    assert 'outcome:     success' in out
 
     assert cli.main(['inspect-bag', str(tmp_path / 'nowhere')]) == 1
     assert 'does not exist' in capsys.readouterr().err

@@ -19,10 +19,11 @@ from vla_align.data.bag_source import (
     read_bag_frames,
     read_policy_recording,
 )
-from vla_align.data.episode import Episode
-from vla_align.sim.types import CameraConfig, TaskSpec
+from vla_align.data.episode import CameraGeometry, Episode, TaskInfo
 
 SIZE = 24
+JOINT_NAMES = tuple(f'panda_joint{i}' for i in range(1, 8)) + ('panda_finger_joint1',
+                                                               'panda_finger_joint2')
 STEP_NS = 100_000_000  # 10 Hz
 
 
@@ -38,11 +39,12 @@ def synthetic_episode(rng: np.random.Generator, steps: int = 12, size: int = SIZ
     joints = np.zeros((steps, 9), np.float32)
     joints[:, 7:] = 0.04 * (1.0 - grippers[:, None])
     return Episode(
-        task=TaskSpec('pick', instruction, 'red block'), seed=0,
+        task=TaskInfo(instruction, 'pick', 'seen'), seed=0,
         images=rng.integers(0, 256, (steps, size, size, 3), dtype=np.uint8),
         actions=actions, ee_positions=rng.uniform(0.2, 0.6, (steps, 3)).astype(np.float32),
-        ee_orientations=quats, grippers=grippers, joint_positions=joints, success=True,
-        control_hz=10.0, camera=CameraConfig(width=size, height=size))
+        ee_orientations=quats, grippers=grippers, joint_positions=joints,
+        joint_names=JOINT_NAMES, success=True, control_hz=10.0,
+        camera=CameraGeometry(width=size, height=size))
 
 
 def write_custom_bag(path: Path, messages: list[tuple[str, str, int, object]],
@@ -160,7 +162,7 @@ def test_frames_before_the_instruction_or_without_action_are_not_scored(tmp_path
 def test_missing_topics_empty_and_non_bags_are_clear_errors(tmp_path, rng):
     episode = synthetic_episode(rng, steps=3)
     write_episode_bag(episode, tmp_path / 'bag')
-    with pytest.raises(BagSourceError, match=r'lacks /cam \(image\).*instruction as text'):
+    with pytest.raises(BagSourceError, match=r'missing /cam \(image\).*--instruction'):
         read_bag_frames(tmp_path / 'bag', SourceTopics(image='/cam', instruction='/nothing'))
     with pytest.raises(BagSourceError, match='has type std_msgs/msg/String'):
         read_bag_frames(tmp_path / 'bag', SourceTopics(action='/vla/instruction'))

@@ -6,35 +6,31 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bag_io import read_back
 
 from vla_align import cli
-from vla_align.data.bag_io import read_episode_bag, write_episode_bag
-from vla_align.data.collect import (
+from vla_align.data.bag_io import STAGING_DIR, find_bags, write_episode_bag
+from vla_align.data.episode import Episode, TaskInfo
+from vla_align.sim.collect import (
     REPORT_NAME,
-    STAGING_DIR,
     AttemptResult,
     CollectConfig,
     SeedScheduler,
     collect,
-    find_episode_bags,
 )
-from vla_align.data.episode import Episode
 from vla_align.sim.env import EnvConfig
 from vla_align.sim.suite import load_suite
-from vla_align.sim.types import TaskSpec
 
 
 def tiny_episode(seed: int) -> Episode:
     rng = np.random.default_rng(seed)
     steps = 3
-    return Episode(task=TaskSpec('reach', 'touch the red block', 'red block'), seed=seed,
+    return Episode(task=TaskInfo('touch the red block', 'reach'), seed=seed,
                    images=rng.integers(0, 256, (steps, 8, 8, 3), dtype=np.uint8),
                    actions=np.zeros((steps, 7), np.float32),
                    ee_positions=np.zeros((steps, 3), np.float32),
-                   ee_orientations=np.zeros((steps, 4), np.float32),
-                   grippers=np.zeros(steps, np.float32),
-                   joint_positions=np.zeros((steps, 9), np.float32),
-                   success=True, control_hz=10.0)
+                   ee_orientations=np.tile(np.float32([0, 0, 0, 1]), (steps, 1)),
+                   grippers=np.zeros(steps, np.float32), success=True, control_hz=10.0)
 
 
 @pytest.fixture(scope='module')
@@ -48,11 +44,11 @@ def collection(tmp_path_factory) -> Path:
 
 
 def test_bags_are_readable_successful_episodes_named_by_family_and_seed(collection):
-    bags = find_episode_bags(collection)
+    bags = find_bags([collection])
     assert [bag.relative_to(collection).parts[0] for bag in bags] == \
         ['pick', 'pick', 'reach', 'reach']
     for bag in bags:
-        episode = read_episode_bag(bag)
+        episode = read_back(bag, rate=10.0)
         assert episode.success
         assert bag.name == f'{episode.task.family}_{episode.seed}'
         assert episode.metadata['purpose'] == 'train'
@@ -62,7 +58,7 @@ def test_bags_are_readable_successful_episodes_named_by_family_and_seed(collecti
 
 def test_report_counts_match_the_bags(collection):
     report = json.loads((collection / REPORT_NAME).read_text())
-    bags = find_episode_bags(collection)
+    bags = find_bags([collection])
     seeds = load_suite(None).seeds('seen', 'train', 4)
     assert report['config']['seed_pool'] == seeds
     assert report['complete'] is True
@@ -75,7 +71,7 @@ def test_report_counts_match_the_bags(collection):
             fam['written_seeds']
         # attempts are a prefix of the seed pool: written + failed seeds, no gaps
         assert sorted(fam['written_seeds'] + fam['failed_seeds']) == seeds[:fam['attempted']]
-        assert fam['frames_written'] == sum(len(read_episode_bag(bag)) for bag in written)
+        assert fam['frames_written'] == sum(len(read_back(bag, rate=10.0)) for bag in written)
     assert report['totals']['succeeded'] == 4
     assert report['episodes_per_min'] > 0 and report['frames_per_s'] > 0
 
@@ -90,7 +86,7 @@ def test_failed_expert_episodes_are_counted_not_written(tmp_path):
     reach = saved['families']['reach']
     assert (reach['attempted'], reach['succeeded'], reach['failed']) == (4, 0, 4)
     assert reach['failed_seeds'] == load_suite(None).seeds('seen', 'train', 4)
-    assert find_episode_bags(tmp_path / 'demos') == []
+    assert find_bags([tmp_path / 'demos']) == []
 
 
 def test_refuses_to_write_into_an_existing_collection(tmp_path, capsys):
@@ -110,17 +106,16 @@ def test_bad_options_are_clear_errors(tmp_path, capsys, argv, message):
     code = cli.main(['collect', '--out', str(tmp_path / 'demos'), *argv])
     assert code == 2
     assert message in capsys.readouterr().err
-    assert find_episode_bags(tmp_path) == []
+    assert find_bags([tmp_path]) == []
 
 
-def test_find_episode_bags_is_sorted_and_skips_incomplete(tmp_path):
+def test_find_bags_is_sorted_and_skips_incomplete(tmp_path):
     for rel in ('reach/reach_10', 'reach/reach_2', 'pick/pick_1', f'{STAGING_DIR}/pick_3'):
         write_episode_bag(tiny_episode(1), tmp_path / rel)
-    found = [bag.relative_to(tmp_path).as_posix() for bag in find_episode_bags(tmp_path)]
+    found = [bag.relative_to(tmp_path).as_posix() for bag in find_bags([tmp_path])]
     assert found == ['pick/pick_1', 'reach/reach_10', 'reach/reach_2']
-    assert find_episode_bags(tmp_path / 'pick' / 'pick_1') == [tmp_path / 'pick' / 'pick_1']
-    with pytest.raises(ValueError, match='not a directory'):
-        find_episode_bags(tmp_path / 'missing')
+    assert find_bags([tmp_path / 'pick' / 'pick_1']) == [tmp_path / 'pick' / 'pick_1']
+    assert find_bags([tmp_path / 'missing']) == []
 
 
 @pytest.mark.parametrize('order_seed', [0, 1, 2])

@@ -1,7 +1,6 @@
 """Frame cache, batching, episode split, bag decoding once, augmentation and normalisation."""
+from collections import Counter
 import os
-import sys
-import types
 
 import matplotlib.colors
 import numpy as np
@@ -15,11 +14,11 @@ from vla_align.data.dataset import (
     load_bag_cache,
     split_episodes,
 )
-from vla_align.data.episode import Episode
+from vla_align.data.episode import Episode, TaskInfo
 from vla_align.data.normalization import NormalizationStats
+from vla_align.data.state import STATE_DIM
 from vla_align.data.transforms import brightness_contrast, random_shift
 from vla_align.model.processing import frames_to_uint8_tensor
-from vla_align.sim.types import STATE_DIM, TaskSpec
 
 
 def make_episode(index: int, family: str = 'reach', length: int = 6,
@@ -32,12 +31,12 @@ def make_episode(index: int, family: str = 'reach', length: int = 6,
     actions[:, 0] = index + steps / 100.0
     actions[:, 6] = steps % 2
     return Episode(
-        task=TaskSpec(family=family, instruction=f'{family} the block number {index % 3}',
-                      target='red block'),
+        task=TaskInfo(instruction=f'{family} the block number {index % 3}', family=family,
+                      split='seen'),
         seed=index, images=rng.integers(0, 256, (length, 40, 40, 3), dtype=np.uint8),
         actions=actions, ee_positions=np.tile(steps[:, None], (1, 3)),
         ee_orientations=np.tile([0.0, 0.0, 0.0, 1.0], (length, 1)).astype(np.float32),
-        grippers=np.zeros(length, np.float32), joint_positions=np.zeros((length, 9), np.float32),
+        grippers=np.zeros(length, np.float32),
         success=success, control_hz=10.0)
 
 
@@ -103,7 +102,9 @@ def test_split_is_by_episode_and_covers_every_family(episodes):
 
 @pytest.fixture
 def fake_bags(tmp_path, monkeypatch, episodes):
-    """Bag folders plus a stand-in bag reader that counts how often it parses a bag."""
+    """Bag folders plus a stand-in contract reader that counts how often it parses a bag."""
+    from vla_align.data import contract_reader
+
     bags = []
     for i in range(3):
         bag = tmp_path / 'bags' / f'ep{i}'
@@ -112,15 +113,15 @@ def fake_bags(tmp_path, monkeypatch, episodes):
         bags.append(bag)
     reads = []
 
-    def read_episode_bag(path):
+    def read_contract_episodes(path, contract, instruction=None):
         reads.append(path.name)
         if path.name == 'broken':
-            raise OSError('truncated mcap')
-        return episodes[int(path.name[2:])]
+            raise contract_reader.ContractBagError(f'rosbag2 {path}: truncated mcap')
+        episode = episodes[int(path.name[2:])]
+        return contract_reader.BagEpisodes(path, [episode], len(episode) + 1,
+                                           Counter({'frame without action': 1}))
 
-    module = types.ModuleType('vla_align.data.bag_io')
-    module.read_episode_bag = read_episode_bag
-    monkeypatch.setitem(sys.modules, 'vla_align.data.bag_io', module)
+    monkeypatch.setattr(contract_reader, 'read_contract_episodes', read_contract_episodes)
     return bags, reads
 
 
@@ -139,12 +140,28 @@ def test_bags_are_decoded_once_then_served_from_the_cache(fake_bags, tmp_path, e
     assert len(reads) == 9
 
 
-def test_an_unreadable_bag_is_named_and_leaves_no_cache(fake_bags, tmp_path):
+def test_a_bag_that_does_not_meet_the_contract_is_named_and_training_goes_on(fake_bags,
+                                                                            tmp_path):
     bags, _ = fake_bags
     broken = bags[0].parent / 'broken'
     broken.mkdir()
+    cache = load_bag_cache([bags[0], broken], tmp_path / 'cache', 32, progress=False)
+    assert [r.source for r in cache.episodes] == [str(bags[0])]
+    report = cache.report
+    assert (report.bags, report.bags_used, report.episodes) == (2, 1, 1)
+    assert len(report.refused) == 1 and 'broken' in report.refused[0] \
+        and 'truncated mcap' in report.refused[0]
+    assert report.frames_used == len(cache) and report.frames_read == len(cache) + 1
+    assert report.dropped == {'frame without action': 1}
+    assert 'refused: rosbag2' in report.describe()
+    assert cache.contract['name'] == 'sim_panda'
+
+
+def test_no_usable_bag_is_an_error_naming_them_and_leaves_no_cache(fake_bags, tmp_path):
+    broken = fake_bags[0][0].parent / 'broken'
+    broken.mkdir()
     with pytest.raises(DatasetError, match='broken.*truncated mcap'):
-        load_bag_cache([bags[0], broken], tmp_path / 'cache', 32, progress=False)
+        load_bag_cache([broken], tmp_path / 'cache', 32, progress=False)
     assert not list((tmp_path / 'cache').iterdir())
 
 

@@ -156,7 +156,7 @@ def test_cli_reports_unreadable_bags_and_scores_the_rest(tmp_path, bags, policy)
     report = json.loads((out / 'report.json').read_text())
     assert report['frames'] == 0
     errors = {Path(f['bag']).name: f['error'] for f in report['failures']}
-    assert 'lacks /vla/missing (action)' in errors['own']
+    assert 'missing /vla/missing (action)' in errors['own']
     assert 'cannot open rosbag2' in errors['broken']
     status = run_cli([str(bags['own']), '--checkpoint', str(checkpoint), '--out', str(out),
                       '--latency-samples', '2', '--device', 'cpu'])

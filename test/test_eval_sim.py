@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from test_bag_io import read_back
 
 from vla_align import cli
-from vla_align.data.bag_io import read_episode_bag
 from vla_align.evaluation.sim_eval import (
     ALIGNMENT_FRAMES,
     Agent,
@@ -128,7 +128,7 @@ def test_report_of_a_tiny_policy_has_every_key_and_consistent_numbers(checkpoint
     if failed:
         entry = report['failures'][0]
         assert entry['seed'] == failed[0]['seed'] and entry['failed_again']
-        bag = read_episode_bag(out / entry['path'])
+        bag = read_back(out / entry['path'], rate=10.0)
         assert not bag.success and len(bag) == entry['steps'] == failed[0]['steps']
         assert bag.task.instruction == failed[0]['instruction'] and bag.seed == entry['seed']
 

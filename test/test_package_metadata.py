@@ -17,6 +17,7 @@ PACKAGE_XML = ET.parse(ROOT / 'package.xml').getroot()
 #: by import name.
 ROSDEP_KEYS = {
     'numpy': 'python3-numpy',
+    'scipy': 'python3-scipy',
     'yaml': 'python3-yaml',
     'cv2': 'python3-opencv',
     'tqdm': 'python3-tqdm',

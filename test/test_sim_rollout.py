@@ -25,7 +25,7 @@ def env():
 def test_expert_episode_records_the_frame_before_each_action(env):
     episode = run_expert_episode(env, PICK, seed=4)
     first = env.reset(4, PICK)
-    assert episode.success and episode.task == PICK and episode.seed == 4
+    assert episode.success and episode.task == PICK.info() and episode.seed == 4
     assert np.array_equal(episode.images[0], first.image)
     np.testing.assert_array_equal(episode.actions[0], env.expert_action())
     assert episode.images.shape == (len(episode), 40, 40, 3)

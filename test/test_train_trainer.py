@@ -6,11 +6,10 @@ import pytest
 import torch
 
 from vla_align.data.dataset import FrameCache
-from vla_align.data.episode import Episode
+from vla_align.data.episode import Episode, TaskInfo
 from vla_align.model.checkpoint import CheckpointError
 from vla_align.model.config import PolicyConfig
 from vla_align.model.policy import Policy
-from vla_align.sim.types import TaskSpec
 from vla_align.train.config import DataConfig, OptimConfig, TrainConfig
 from vla_align.train.trainer import Trainer
 
@@ -28,11 +27,11 @@ def instruction_episode(index: int, instruction: str, length: int = 8) -> Episod
     actions = np.zeros((length, 7), np.float32)
     actions[:, 1], actions[:, 6] = dy, gripper
     return Episode(
-        task=TaskSpec(family='reach', instruction=instruction, target='red block'), seed=index,
+        task=TaskInfo(instruction, 'reach', 'seen'), seed=index,
         images=np.repeat(IMAGE[None], length, 0), actions=actions,
         ee_positions=np.tile(STATE_XYZ, (length, 1)).astype(np.float32),
         ee_orientations=np.tile([0.0, 0.0, 0.0, 1.0], (length, 1)).astype(np.float32),
-        grippers=np.zeros(length, np.float32), joint_positions=np.zeros((length, 9), np.float32),
+        grippers=np.zeros(length, np.float32),
         success=True, control_hz=10.0)
 
 

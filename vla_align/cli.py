@@ -15,7 +15,7 @@ from typing import Optional
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'demo': ('vla_align.sim.demo', 'run one scripted-expert episode in the simulator'),
-    'collect': ('vla_align.data.collect', 'collect scripted-expert demonstrations as rosbag2'),
+    'collect': ('vla_align.sim.collect', 'collect scripted-expert demonstrations as rosbag2'),
     'inspect-bag': ('vla_align.data.inspect', 'summarise a rosbag2 episode (topics, counts)'),
     'train': ('vla_align.train.cli', 'train a policy on collected demonstrations'),
     'eval-sim': ('vla_align.evaluation.sim_eval', 'closed-loop success rates in simulation'),

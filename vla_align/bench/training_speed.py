@@ -13,9 +13,8 @@ from tqdm import tqdm
 
 from vla_align.bench.timing import LatencyStats, time_calls
 from vla_align.data.dataset import FrameBatch, FrameCache
-from vla_align.data.episode import Episode
+from vla_align.data.episode import Episode, TaskInfo
 from vla_align.model.config import PolicyConfig
-from vla_align.sim.types import TaskSpec
 from vla_align.train.config import DataConfig, OptimConfig, TrainConfig
 from vla_align.train.trainer import Trainer
 
@@ -47,13 +46,12 @@ def synthetic_episodes(count: int, image_size: int, rng: np.random.Generator) ->
         actions = rng.normal(0.0, 0.01, (n, 7)).astype(np.float32)
         actions[:, 6] = rng.integers(0, 2, n)
         episodes.append(Episode(
-            task=TaskSpec(family='pick', instruction=INSTRUCTIONS[i % len(INSTRUCTIONS)],
-                          target='red block'),
+            task=TaskInfo(instruction=INSTRUCTIONS[i % len(INSTRUCTIONS)], family='pick'),
             seed=i, images=rng.integers(0, 256, (n, image_size, image_size, 3), np.uint8),
             actions=actions, ee_positions=rng.normal(0.4, 0.05, (n, 3)).astype(np.float32),
             ee_orientations=np.tile([1.0, 0.0, 0.0, 0.0], (n, 1)).astype(np.float32),
             grippers=rng.integers(0, 2, n).astype(np.float32),
-            joint_positions=np.zeros((n, 9), np.float32), success=True, control_hz=10.0))
+            success=True, control_hz=10.0))
     return episodes
 
 

@@ -1,15 +1,18 @@
-"""One ``Episode`` <-> one rosbag2 folder (mcap or sqlite3), with the topics of DESIGN.md §3.
+"""rosbag2 folders: opening (with recovery), finding, making durable, and writing episodes.
 
-Layout of a bag written by ``write_episode_bag`` (names from ``BagTopics``):
+``open_bag_reader`` and ``find_bags`` are how every part of the project opens and finds bags;
+reading a bag into training frames is ``data.contract_reader``'s job. ``write_episode_bag``
+writes one ``Episode`` (the simulator's collector, failure bags of evaluation) in the layout the
+``sim_panda`` contract reads (names from ``BagTopics``):
 
 =========================  ==============================  =============================
 topic                      type                            messages
 =========================  ==============================  =============================
-``/vla/episode``           std_msgs/String (JSON)          1, at the start time
+``/vla/episode``           std_msgs/String (JSON)          1, at the start time (EpisodeMetadata)
 ``/vla/instruction``       std_msgs/String                 1, at the start time
 ``/camera/camera_info``    sensor_msgs/CameraInfo          one per control step
 ``/camera/image_raw``      sensor_msgs/Image (rgb8)        one per control step
-``/joint_states``          sensor_msgs/JointState          one per control step
+``/joint_states``          sensor_msgs/JointState          one per step, where recorded
 ``/vla/ee_pose``           geometry_msgs/PoseStamped       one per control step
 ``/vla/gripper``           std_msgs/Float32                one per control step
 ``/vla/action``            std_msgs/Float32MultiArray      one per control step
@@ -31,8 +34,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-import json
+from dataclasses import dataclass
 import logging
 import os
 from pathlib import Path
@@ -57,15 +59,14 @@ import yaml
 from vla_align.data import ros_messages as rm
 from vla_align.data.bag_recovery import RECOVERY_SUFFIX, recover_bag, unclosed_reason
 from vla_align.data.episode import Episode
-from vla_align.ros import topics as topics_contract
-from vla_align.sim.types import PANDA_JOINT_NAMES, CameraConfig, TaskSpec
+from vla_align.data.episode_meta import EpisodeMetadata
 
 BAG_VERSION = 8
 DEFAULT_START_NS = 1_000_000_000
 #: Robot base frame of end-effector poses and joint states.
 BASE_FRAME = 'panda_link0'
 #: Bumped when the bag layout changes; stored in metadata.yaml ``custom_data``.
-LAYOUT_VERSION = '1'
+LAYOUT_VERSION = '2'
 STORAGES: tuple[str, ...] = ('mcap', 'sqlite3')
 #: Where ``collect`` stages episodes before moving them into place; never searched for bags.
 STAGING_DIR = '.incomplete'
@@ -74,18 +75,19 @@ LOG = logging.getLogger('vla_align.data')
 
 @dataclass(frozen=True)
 class BagTopics:
-    """Topic names used in episode bags; defaults are the node graph's (``vla_align.ros.topics``).
+    """Topic names of the episode bags the project writes: the node graph's names
+    (``vla_align.ros.topics``; a test keeps the two equal) and the ``sim_panda`` contract's.
 
-    ``episode`` exists only in bags: the JSON record of what the episode was (task, seed, success).
+    ``episode`` holds the episode's ``EpisodeMetadata`` JSON (what it was, how it ended).
     """
 
-    image: str = topics_contract.IMAGE
-    camera_info: str = topics_contract.CAMERA_INFO
-    instruction: str = topics_contract.INSTRUCTION
-    action: str = topics_contract.ACTION
-    joint_states: str = topics_contract.JOINT_STATES
-    ee_pose: str = topics_contract.EE_POSE
-    gripper: str = topics_contract.GRIPPER
+    image: str = '/camera/image_raw'
+    camera_info: str = '/camera/camera_info'
+    instruction: str = '/vla/instruction'
+    action: str = '/vla/action'
+    joint_states: str = '/joint_states'
+    ee_pose: str = '/vla/ee_pose'
+    gripper: str = '/vla/gripper'
     episode: str = '/vla/episode'
 
     def __post_init__(self) -> None:
@@ -94,7 +96,7 @@ class BagTopics:
             raise ValueError(f'bag topics must be distinct absolute names, got {names}')
 
     def per_step(self) -> tuple[str, ...]:
-        """Topics with exactly one message per control step."""
+        """Topics with one message per control step (joint states only when recorded)."""
         return (self.camera_info, self.image, self.joint_states, self.ee_pose, self.gripper,
                 self.action)
 
@@ -158,38 +160,28 @@ def step_stamps_ns(num_steps: int, control_hz: float,
     return start_ns + np.round(np.arange(num_steps) * (1e9 / control_hz)).astype(np.int64)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f'{type(value).__name__} is not JSON serializable')
-
-
-def episode_metadata_json(episode: Episode) -> str:
-    """The ``/vla/episode`` payload: everything in an Episode that is not a per-step array."""
-    payload = {
-        'layout_version': LAYOUT_VERSION,
-        'task': episode.task.to_dict(),
-        'seed': int(episode.seed),
-        'split': episode.task.split,
-        'success': bool(episode.success),
-        'num_steps': len(episode),
-        'control_hz': float(episode.control_hz),
-        'camera': asdict(episode.camera),
-        'metadata': episode.metadata,
-    }
-    try:
-        return json.dumps(payload, default=_json_default, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f'episode metadata cannot be stored as JSON: {exc}') from None
+def episode_metadata(episode: Episode, robot: str = '', source: str = '') -> EpisodeMetadata:
+    """The ``/vla/episode`` record of ``episode``: everything that is not a per-step array."""
+    camera = episode.camera
+    return EpisodeMetadata(
+        instruction=episode.task.instruction,
+        outcome='success' if episode.success else 'failure', robot=robot,
+        control_hz=float(episode.control_hz), contract='sim_panda', source=source,
+        task=episode.task.to_dict(), seed=int(episode.seed),
+        extra={'num_steps': len(episode), 'metadata': episode.metadata,
+               'camera': None if camera is None else {
+                   'width': camera.width, 'height': camera.height,
+                   'intrinsics': list(camera.intrinsics()), 'frame_id': camera.frame_id}})
 
 
 def write_episode_bag(episode: Episode, path: Path, storage: str = 'mcap',
                       topics: BagTopics = DEFAULT_TOPICS,
-                      start_ns: int = DEFAULT_START_NS) -> BagStats:
+                      start_ns: int = DEFAULT_START_NS, robot: str = '',
+                      source: str = '') -> BagStats:
     """Write ``episode`` as a new rosbag2 folder at ``path`` (which must not exist).
 
+    The layout is what the ``sim_panda`` contract reads (``config/contracts/sim_panda.yaml``):
+    training reads these bags through the same contract reader as any robot's.
     ``storage`` is ``'mcap'`` (default) or ``'sqlite3'``. Returns the messages written per
     topic, which a reader can compare against to prove nothing was lost.
     """
@@ -202,16 +194,21 @@ def write_episode_bag(episode: Episode, path: Path, storage: str = 'mcap',
         raise ValueError('cannot write an episode with no steps')
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
     stamps = step_stamps_ns(len(episode), episode.control_hz, start_ns)
-    metadata_text = episode_metadata_json(episode)
+    metadata_text = episode_metadata(episode, robot, source).to_json()
     counts: dict[str, int] = defaultdict(int)
     writer = Writer(path, version=BAG_VERSION, storage_plugin=plugin)
     writer.set_custom_data('vla_align.layout_version', LAYOUT_VERSION)
+    types = _topic_types(topics)
+    if episode.joint_positions is None:
+        types.pop(topics.joint_states)
+    if episode.camera is None:
+        types.pop(topics.camera_info)
     try:
         with writer:
             connections = {
                 topic: writer.add_connection(topic, msgtype, typestore=rm.TYPESTORE,
                                              offered_qos_profiles=[qos])
-                for topic, (msgtype, qos) in _topic_types(topics).items()}
+                for topic, (msgtype, qos) in types.items()}
 
             def put(topic: str, stamp_ns: int, message: Any) -> None:
                 writer.write(connections[topic], int(stamp_ns), rm.serialize(message))
@@ -220,12 +217,15 @@ def write_episode_bag(episode: Episode, path: Path, storage: str = 'mcap',
             put(topics.episode, start_ns, rm.string_msg(metadata_text))
             put(topics.instruction, start_ns, rm.string_msg(episode.task.instruction))
             camera = episode.camera
+            frame_id = camera.frame_id if camera is not None else 'camera'
             for t, stamp in enumerate(stamps):
-                put(topics.camera_info, stamp, rm.camera_info_msg(camera, stamp))
-                put(topics.image, stamp,
-                    rm.image_msg(episode.images[t], stamp, camera.frame_id))
-                put(topics.joint_states, stamp,
-                    rm.joint_state_msg(PANDA_JOINT_NAMES, episode.joint_positions[t], stamp))
+                if camera is not None:
+                    put(topics.camera_info, stamp, rm.camera_info_msg(camera, stamp))
+                put(topics.image, stamp, rm.image_msg(episode.images[t], stamp, frame_id))
+                if episode.joint_positions is not None:
+                    put(topics.joint_states, stamp,
+                        rm.joint_state_msg(episode.joint_names, episode.joint_positions[t],
+                                           stamp))
                 put(topics.ee_pose, stamp,
                     rm.pose_msg(episode.ee_positions[t], episode.ee_orientations[t], stamp,
                                 BASE_FRAME))
@@ -367,53 +367,3 @@ def read_bag_messages(path: Path, wanted: dict[str, str]) -> dict[str, list[tupl
     for items in messages.values():
         items.sort(key=lambda item: item[0])
     return messages
-
-
-def read_episode_bag(path: Path, topics: BagTopics = DEFAULT_TOPICS) -> Episode:
-    """The exact inverse of ``write_episode_bag``: arrays, task, seed and success restored."""
-    types = {topic: msgtype for topic, (msgtype, _qos) in _topic_types(topics).items()}
-    messages = read_bag_messages(path, types)
-    num_steps = len(messages[topics.image])
-    if num_steps == 0:
-        raise ValueError(f'rosbag2 {path} has no images on {topics.image}')
-    for topic in topics.per_step():
-        if len(messages[topic]) != num_steps:
-            raise ValueError(f'rosbag2 {path}: {topic} has {len(messages[topic])} messages but '
-                             f'{topics.image} has {num_steps}; one message per step expected')
-    try:
-        info = json.loads(messages[topics.episode][-1][1].data)
-        task = TaskSpec.from_dict(info['task'])
-        camera_fields = {key: tuple(value) if isinstance(value, list) else value
-                         for key, value in info['camera'].items()}
-        camera = CameraConfig(**camera_fields)
-        seed, success = int(info['seed']), bool(info['success'])
-        control_hz = float(info['control_hz'])
-        extra = dict(info.get('metadata', {}))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f'rosbag2 {path}: {topics.episode} does not hold episode metadata '
-                         f'JSON ({exc!r})') from None
-    instruction = messages[topics.instruction][-1][1].data
-    if instruction != task.instruction:
-        raise ValueError(f'rosbag2 {path}: {topics.instruction} says {instruction!r} but the '
-                         f'episode task says {task.instruction!r}')
-
-    def per_step(topic: str) -> list[Any]:
-        return [message for _stamp, message in messages[topic]]
-
-    poses = [rm.pose_from_msg(msg) for msg in per_step(topics.ee_pose)]
-    return Episode(
-        task=task,
-        seed=seed,
-        images=np.stack([rm.image_from_msg(msg) for msg in per_step(topics.image)]),
-        actions=np.stack([rm.action_from_msg(msg) for msg in per_step(topics.action)]),
-        ee_positions=np.array([pos for pos, _quat in poses], dtype=np.float32),
-        ee_orientations=np.array([quat for _pos, quat in poses], dtype=np.float32),
-        grippers=np.array([msg.data for msg in per_step(topics.gripper)], dtype=np.float32),
-        joint_positions=np.array(
-            [rm.joint_positions_from_msg(msg, PANDA_JOINT_NAMES)
-             for msg in per_step(topics.joint_states)], dtype=np.float32),
-        success=success,
-        control_hz=control_hz,
-        camera=camera,
-        metadata=extra,
-    )

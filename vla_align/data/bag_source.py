@@ -1,28 +1,19 @@
-"""Frames of any rosbag2 (ours or ``ros2 bag record``'s) as arrays the policy can be scored on.
+"""Frames of any rosbag2 (ours or ``ros2 bag record``'s) as arrays a policy can be scored on.
 
 ``read_bag_frames`` turns one bag into a ``BagFrames``: one row per camera frame, with the
-instruction in force at that frame, the robot state and the recorded action paired with it.
-Unlike ``bag_io.read_episode_bag`` (the exact inverse of our own writer) it accepts what real
-recordings hold:
+instruction in force at that frame, the robot state and the recorded action paired with it. It
+reads through the project's one bag reader, ``data.contract_reader``, with a contract made
+from the topic names given (``SourceTopics``): every camera frame is kept (not one per control
+period), the recorded action of a frame is the first 7-value ``/vla/action`` array logged at or
+after the frame and before the next one, the robot state the newest ``PoseStamped`` at or
+before it, the gripper part of the state the previous frame's recorded gripper command (open at
+the first frame). Only the image and action topics are required; the instruction may be given
+instead of read; a message that cannot be decoded is counted in ``BagFrames.skipped`` and left
+out; a missing required topic, an empty bag or a folder that is not a bag raise
+``BagSourceError`` with a one-line reason.
 
-* topic names are configurable (``SourceTopics``); only the image and action topics are
-  required, and an instruction can be given instead of read (``instruction=``);
-* ``sensor_msgs/Image`` in rgb8, bgr8, mono8, rgba8 or bgra8 (any row padding), or
-  ``sensor_msgs/CompressedImage`` (jpeg/png, decoded with OpenCV);
-* sqlite3 and MCAP storage (``rosbags`` reads both);
-* a message that cannot be decoded is counted in ``BagFrames.skipped`` and left out, never
-  fatal; a missing required topic, an empty bag or a bag that is not a bag raise
-  ``BagSourceError`` with a one-line reason.
-
-Pairing rules (log times, i.e. when the recorder received each message):
-* instruction in force at a frame: the newest non-empty ``std_msgs/String`` on the instruction
-  topic received at or before the frame; frames before the first one are not scored;
-* robot state: the newest ``PoseStamped`` at or before the frame (NaN before the first);
-* recorded action of a frame: the first ``Float32MultiArray`` received at or after the frame
-  and before the next frame (our bags stamp both with the same time; a live recording
-  receives the action a few ms after its frame); a frame without one is not scored;
-* gripper command in force at a frame: the previous frame's recorded action gripper; at the
-  first frame, the opening measured on ``/joint_states`` (as the policy node does), else 0.
+``read_policy_recording`` matches what the policy node published during a live replay to the
+replayed bag's frames.
 """
 from __future__ import annotations
 
@@ -33,22 +24,22 @@ from typing import Any, Optional
 
 import numpy as np
 
-from vla_align.actions import ACTION_DIM, GRIPPER
+from vla_align.actions import ACTION_DIM
 from vla_align.data import bag_io
 from vla_align.data import ros_messages as rm
-from vla_align.data.bag_io import open_bag_reader, read_bag_messages
-from vla_align.ros import topics as contract
-from vla_align.sim.types import STATE_DIM
+from vla_align.data.bag_io import DEFAULT_TOPICS, open_bag_reader, read_bag_messages
+from vla_align.data.contract import (
+    ActionSpec,
+    EpisodeSpec,
+    GripperSpec,
+    ImageSpec,
+    InstructionSpec,
+    StateSpec,
+    TopicContract,
+)
+from vla_align.data.contract_reader import ContractBagError, read_contract_frames
 
-COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
-#: Channels and channel order of the raw encodings accepted (8 bits per channel).
-RAW_ENCODINGS: dict[str, tuple[int, tuple[int, int, int]]] = {
-    'rgb8': (3, (0, 1, 2)), 'bgr8': (3, (2, 1, 0)), 'rgba8': (4, (0, 1, 2)),
-    'bgra8': (4, (2, 1, 0)), 'mono8': (1, (0, 0, 0)),
-}
-#: Panda finger joints whose positions add up to the gripper opening; fully open width (m).
-GRIPPER_JOINTS = ('panda_finger_joint1', 'panda_finger_joint2')
-GRIPPER_OPEN_WIDTH = 0.08
+COMPRESSED_IMAGE = rm.COMPRESSED_IMAGE
 
 
 class BagSourceError(ValueError):
@@ -59,11 +50,11 @@ class BagSourceError(ValueError):
 class SourceTopics:
     """Topics read from a bag; defaults are the node graph's (DESIGN.md section 3)."""
 
-    image: str = contract.IMAGE
-    instruction: str = contract.INSTRUCTION
-    action: str = contract.ACTION
-    ee_pose: str = contract.EE_POSE
-    joint_states: str = contract.JOINT_STATES
+    image: str = DEFAULT_TOPICS.image
+    instruction: str = DEFAULT_TOPICS.instruction
+    action: str = DEFAULT_TOPICS.action
+    ee_pose: str = DEFAULT_TOPICS.ee_pose
+    joint_states: str = DEFAULT_TOPICS.joint_states
 
     def __post_init__(self) -> None:
         for name, topic in self.__dict__.items():
@@ -114,56 +105,20 @@ def find_bags(paths: list[Path]) -> list[Path]:
     return bags
 
 
-# -- decoding single messages ---------------------------------------------------------------------
-def raw_image_to_rgb(msg: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a deserialized ``sensor_msgs/Image`` (any row padding)."""
-    encoding = str(msg.encoding).lower()
-    if encoding not in RAW_ENCODINGS:
-        raise ValueError(f'image encoding {msg.encoding!r} is not supported '
-                         f'({", ".join(RAW_ENCODINGS)}, or CompressedImage)')
-    channels, order = RAW_ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
-    if height <= 0 or width <= 0 or step < width * channels or data.size < height * step:
-        raise ValueError(f'{encoding} image of {data.size} bytes does not fit {width}x{height} '
-                         f'with step {step}')
-    pixels = data[:height * step].reshape(height, step)[:, :width * channels]
-    pixels = pixels.reshape(height, width, channels)
-    return np.ascontiguousarray(pixels[..., list(order)])
-
-
-def compressed_image_to_rgb(msg: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a deserialized ``sensor_msgs/CompressedImage`` (jpeg, png)."""
-    import cv2
-
-    data = np.asarray(msg.data, dtype=np.uint8).reshape(-1)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise ValueError(f'compressed image ({msg.format!r}, {data.size} bytes) cannot be '
-                         f'decoded')
-    return np.ascontiguousarray(bgr[..., ::-1])
-
-
-def gripper_from_joint_state(msg: Any, joints: tuple[str, ...] = GRIPPER_JOINTS,
-                             open_width: float = GRIPPER_OPEN_WIDTH) -> Optional[float]:
-    """Gripper closure in [0, 1] measured from finger joint positions; None if not listed."""
-    index = {name: i for i, name in enumerate(msg.name)}
-    if not all(j in index and index[j] < len(msg.position) for j in joints):
-        return None
-    opening = sum(float(msg.position[index[j]]) for j in joints)
-    if not np.isfinite(opening):
-        return None
-    return float(np.clip(1.0 - opening / open_width, 0.0, 1.0))
-
-
-# -- reading a bag --------------------------------------------------------------------------------
-_EXPECTED_TYPES = {
-    'image': (rm.IMAGE, COMPRESSED_IMAGE),
-    'instruction': (rm.STRING,),
-    'action': (rm.FLOAT32_MULTI_ARRAY,),
-    'ee_pose': (rm.POSE_STAMPED,),
-    'joint_states': (rm.JOINT_STATE,),
-}
+def scoring_contract(topics: SourceTopics, has_pose: bool, given_instruction: bool
+                     ) -> TopicContract:
+    """The contract ``read_bag_frames`` reads with: the given topic names, per-step action
+    arrays, the pose where the bag has one. Its 0.1 Hz rate makes every action window end at
+    the next frame, and its 5 s skew takes the newest pose however old (as the node does)."""
+    return TopicContract(
+        name='scoring', robot='any', control_rate_hz=0.1, max_skew_s=5.0, base_frame='',
+        timestamps='log',
+        image=ImageSpec(topics.image),
+        instruction=InstructionSpec('given' if given_instruction else 'topic',
+                                    topics.instruction),
+        state=StateSpec('pose' if has_pose else 'none', topics.ee_pose),
+        action=ActionSpec('array', topics.action), gripper=GripperSpec('action'),
+        episodes=EpisodeSpec(success_only=False))
 
 
 def read_bag_frames(path: Path, topics: SourceTopics = SourceTopics(),
@@ -176,150 +131,26 @@ def read_bag_frames(path: Path, topics: SourceTopics = SourceTopics(),
     path = Path(path)
     try:
         reader = open_bag_reader(path)
+        available = {topic: info.msgtype for topic, info in reader.topics.items()}
+        reader.close()
     except ValueError as exc:
         raise BagSourceError(str(exc)) from None
+    has_pose = available.get(topics.ee_pose) == rm.POSE_STAMPED
+    contract = scoring_contract(topics, has_pose, instruction is not None)
     try:
-        return _read(reader, path, topics, instruction)
-    finally:
-        reader.close()
-
-
-def _read(reader: Any, path: Path, topics: SourceTopics,
-          instruction: Optional[str]) -> BagFrames:
-    if reader.message_count == 0:
-        raise BagSourceError(f'rosbag2 {path} is empty (0 messages)')
-    available = {topic: info.msgtype for topic, info in reader.topics.items()}
-    roles = {role: getattr(topics, role) for role in _EXPECTED_TYPES}
-    required = ['image', 'action'] + ([] if instruction is not None else ['instruction'])
-    absent = [role for role in required if roles[role] not in available]
-    if absent:
-        missing = [f'{roles[role]} ({role})' for role in absent]
-        hint = '; or give the instruction as text' if 'instruction' in absent else ''
-        raise BagSourceError(f'rosbag2 {path} lacks {", ".join(missing)}; it has '
-                             f'{", ".join(sorted(available)) or "no topics"} (set the topic '
-                             f'names to the recorded ones{hint})')
-    for role, topic in roles.items():
-        if topic in available and available[topic] not in _EXPECTED_TYPES[role]:
-            raise BagSourceError(f'rosbag2 {path}: {topic} has type {available[topic]}, '
-                                 f'expected {" or ".join(_EXPECTED_TYPES[role])}')
-    wanted = {topic: role for role, topic in roles.items() if topic in available
-              and not (role == 'instruction' and instruction is not None)}
-    connections = [c for c in reader.connections if c.topic in wanted]
-
-    skipped: Counter = Counter()
-    images: list[np.ndarray] = []
-    image_times: list[int] = []
-    header_stamps: list[int] = []
-    events: dict[str, list[tuple[int, Any]]] = {r: [] for r in _EXPECTED_TYPES if r != 'image'}
-    try:
-        for connection, timestamp, data in reader.messages(connections=connections):
-            role = wanted[connection.topic]
-            try:
-                msg = rm.deserialize(data, connection.msgtype)
-                value = _decode(role, msg, connection.msgtype)
-            except Exception:  # noqa: BLE001 - corrupt bytes raise many kinds; count, go on
-                skipped[f'undecodable {connection.topic}'] += 1
-                continue
-            if role == 'image':
-                if images and value.shape != images[0].shape:
-                    skipped[f'{connection.topic} frame of another size'] += 1
-                    continue
-                images.append(value)
-                image_times.append(int(timestamp))
-                header_stamps.append(rm.stamp_to_ns(msg.header))
-            else:
-                events[role].append((int(timestamp), value))
-    except Exception as exc:  # noqa: BLE001 - a truncated storage file fails mid-iteration
-        raise BagSourceError(f'cannot read rosbag2 {path}: {type(exc).__name__}: '
-                             f'{exc}') from None
-    if not images:
-        raise BagSourceError(f'rosbag2 {path} has no decodable images on {topics.image} '
-                             f'({dict(skipped) or "no messages"})')
-    order = np.argsort(np.asarray(image_times), kind='stable')
-    times = np.asarray(image_times, dtype=np.int64)[order]
-    frames = np.stack(images)[order]
-    stamps = np.asarray(header_stamps, dtype=np.int64)[order]
-    for items in events.values():
-        items.sort(key=lambda item: item[0])
-
-    if instruction is not None:
-        texts = [' '.join(instruction.split())] * len(times)
-    else:
-        texts = _newest_at(times, events['instruction'], default='')
-    actions = _pair_actions(times, events['action'], skipped)
-    states = np.full((len(times), STATE_DIM), np.nan, dtype=np.float32)
-    poses = _newest_at(times, events['ee_pose'], default=None)
-    for i, pose in enumerate(poses):
-        if pose is not None:
-            states[i, :7] = pose
-    joint_grippers = _newest_at(times, events['joint_states'], default=None)
-    first = joint_grippers[0] if joint_grippers[0] is not None else 0.0
-    states[:, 7] = np.concatenate([[first], actions[:-1, GRIPPER]])
-    missing_prev = ~np.isfinite(states[:, 7])  # previous frame had no action: measured value
-    states[missing_prev, 7] = [g if g is not None else 0.0
-                               for g, m in zip(joint_grippers, missing_prev, strict=True) if m]
-    skipped['frame without instruction'] += sum(not t for t in texts)
-    skipped['frame without action'] += int(np.sum(~np.all(np.isfinite(actions), axis=1)))
-    return BagFrames(path=path, storage=_storage(path), images=frames, log_times_ns=times,
-                     header_stamps_ns=stamps, instructions=texts, actions=actions,
-                     states=states, skipped=Counter({k: v for k, v in skipped.items() if v}))
-
-
-def _decode(role: str, msg: Any, msgtype: str) -> Any:
-    if role == 'image':
-        return compressed_image_to_rgb(msg) if msgtype == COMPRESSED_IMAGE else \
-            raw_image_to_rgb(msg)
-    if role == 'instruction':
-        return ' '.join(str(msg.data).split())
-    if role == 'action':
-        action = rm.action_from_msg(msg)
-        if not np.all(np.isfinite(action)):
-            raise ValueError('non-finite action')
-        return action
-    if role == 'ee_pose':
-        position, quaternion = rm.pose_from_msg(msg)
-        return np.concatenate([position, quaternion]).astype(np.float32)
-    return gripper_from_joint_state(msg)
-
-
-def _newest_at(times: np.ndarray, items: list[tuple[int, Any]], default: Any) -> list[Any]:
-    """For each time, the value of the newest item logged at or before it (else ``default``)."""
-    if not items:
-        return [default] * len(times)
-    item_times = np.array([t for t, _ in items], dtype=np.int64)
-    index = np.searchsorted(item_times, times, side='right') - 1
-    values: list[Any] = []
-    for i in index:
-        # An empty instruction clears it; an undecodable gripper reading leaves it unknown.
-        values.append(items[i][1] if i >= 0 else default)
-    return values
-
-
-def _pair_actions(times: np.ndarray, items: list[tuple[int, np.ndarray]],
-                  skipped: Counter) -> np.ndarray:
-    """(N, 7): the first action logged in [frame time, next frame time), NaN where none."""
-    actions = np.full((len(times), ACTION_DIM), np.nan, dtype=np.float32)
-    if not items:
-        return actions
-    item_times = np.array([t for t, _ in items], dtype=np.int64)
-    first = np.searchsorted(item_times, times, side='left')
-    ends = np.append(times[1:], np.iinfo(np.int64).max)
-    used = 0
-    for i, (start, end) in enumerate(zip(first, ends, strict=True)):
-        if start < len(items) and item_times[start] < end:
-            actions[i] = items[start][1]
-            used += 1
-    skipped['action not paired with a frame'] += len(items) - used
-    return actions
-
-
-def _storage(path: Path) -> str:
-    from vla_align.data.bag_io import bag_storage
-
-    try:
-        return bag_storage(path)
-    except (OSError, KeyError, TypeError, ValueError):
-        return 'unknown'
+        frames = read_contract_frames(path, contract, instruction, every_frame=True)
+    except ContractBagError as exc:
+        raise BagSourceError(str(exc).replace(" does not meet contract 'scoring'", '')) \
+            from None
+    states = frames.states
+    if not has_pose:
+        states[:, :7] = np.nan  # unknown, not zero: a policy that needs it cannot be scored
+    skipped = Counter(frames.dropped)
+    skipped.pop('frame without state', None)  # the scorer says when a policy needs it
+    return BagFrames(path=path, storage=frames.storage, images=frames.images,
+                     log_times_ns=frames.times_ns, header_stamps_ns=frames.header_stamps_ns,
+                     instructions=frames.instructions, actions=frames.actions, states=states,
+                     skipped=Counter({k: v for k, v in skipped.items() if v}))
 
 
 # -- recordings of the policy node's output -------------------------------------------------------
@@ -336,9 +167,9 @@ class RecordedPredictions:
 
 
 def read_policy_recording(path: Path, frames: BagFrames,
-                          action_topic: str = contract.ACTION,
-                          twist_topic: str = contract.EE_TWIST,
-                          image_topic: str = contract.IMAGE) -> RecordedPredictions:
+                          action_topic: str = DEFAULT_TOPICS.action,
+                          twist_topic: str = '/vla/ee_twist',
+                          image_topic: str = DEFAULT_TOPICS.image) -> RecordedPredictions:
     """Match the policy's recorded actions to the frames of ``frames`` (the replayed bag).
 
     The policy node publishes, per decision, one ``/vla/action`` and one ``/vla/ee_twist``

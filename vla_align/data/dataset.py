@@ -13,8 +13,9 @@ vectorised read of the memmap.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 import hashlib
 import json
 import os
@@ -28,11 +29,12 @@ import torch
 from tqdm import tqdm
 
 from vla_align.actions import ACTION_DIM
+from vla_align.data.contract import TopicContract
 from vla_align.data.episode import Episode
+from vla_align.data.state import STATE_DIM
 from vla_align.model.processing import frames_to_uint8_tensor
-from vla_align.sim.types import STATE_DIM
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class DatasetError(RuntimeError):
@@ -62,6 +64,8 @@ class FrameCache:
     instruction_ids: np.ndarray  # (N,) int64 index into ``instructions``
     instructions: list[str]
     episodes: list[EpisodeRecord]
+    report: Optional[CacheReport] = None  # how the bags were read (None: built in memory)
+    contract: Optional[dict[str, Any]] = None  # TopicContract.to_dict() of the bags
 
     @property
     def image_size(self) -> int:
@@ -72,9 +76,10 @@ class FrameCache:
 
     @classmethod
     def from_episodes(cls, episodes: Iterable[Episode], image_size: int,
-                      sources: Optional[Sequence[str]] = None) -> FrameCache:
-        """In-memory cache of ``episodes`` with images resized to ``image_size``."""
-        builder = _CacheBuilder(image_size, images_file=None)
+                      sources: Optional[Sequence[str]] = None,
+                      crop: str = 'center') -> FrameCache:
+        """In-memory cache of ``episodes`` with images cropped and resized to ``image_size``."""
+        builder = _CacheBuilder(image_size, images_file=None, crop=crop)
         for i, episode in enumerate(episodes):
             builder.add(episode, sources[i] if sources else 'memory')
         return builder.finish()
@@ -85,12 +90,16 @@ class FrameCache:
         self.images.tofile(folder / 'images.u8')
         self._save_rest(folder, images_shape=self.images.shape)
 
-    def _save_rest(self, folder: Path, images_shape: Sequence[int]) -> None:
+    def _save_rest(self, folder: Path, images_shape: Sequence[int],
+                   report: Optional[CacheReport] = None,
+                   contract: Optional[dict[str, Any]] = None) -> None:
         np.savez(folder / 'arrays.npz', actions=self.actions, states=self.states,
                  episode_ids=self.episode_ids, instruction_ids=self.instruction_ids)
         meta = {'version': CACHE_VERSION, 'images_shape': list(images_shape),
                 'instructions': self.instructions,
-                'episodes': [asdict(record) for record in self.episodes]}
+                'episodes': [asdict(record) for record in self.episodes],
+                'report': None if report is None else asdict(report),
+                'contract': contract or self.contract}
         (folder / 'meta.json').write_text(json.dumps(meta) + '\n')
 
     @classmethod
@@ -110,23 +119,31 @@ class FrameCache:
         except (OSError, ValueError, KeyError) as exc:
             raise DatasetError(f'frame cache {folder} is unreadable ({exc}); delete it to '
                                f'rebuild') from exc
+        report = meta.get('report')
         return cls(images=images, instructions=list(meta['instructions']),
-                   episodes=[EpisodeRecord(**r) for r in meta['episodes']], **parts)
+                   episodes=[EpisodeRecord(**r) for r in meta['episodes']],
+                   report=None if report is None else CacheReport(**report),
+                   contract=meta.get('contract'), **parts)
 
     def select_episodes(self, *, splits: Optional[Sequence[str]] = None,
                         only_successful: bool = True,
                         families: Optional[Sequence[str]] = None) -> list[int]:
         """Indices of episodes matching the filters."""
+        # A robot's episodes often have no split or family: those filters apply only where
+        # the episode has one.
         return [i for i, r in enumerate(self.episodes)
-                if (not only_successful or r.success) and (splits is None or r.split in splits)
-                and (families is None or r.family in families) and r.length > 0]
+                if (not only_successful or r.success)
+                and (splits is None or not r.split or r.split in splits)
+                and (families is None or not r.family or r.family in families) and r.length > 0]
 
 
 class _CacheBuilder:
     """Accumulates episodes; images go to a raw file (bags) or a list (memory)."""
 
-    def __init__(self, image_size: int, images_file: Optional[Path]) -> None:
+    def __init__(self, image_size: int, images_file: Optional[Path],
+                 crop: str = 'center') -> None:
         self.image_size = image_size
+        self.crop = crop
         self.file = open(images_file, 'wb') if images_file else None
         self.images: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
@@ -142,7 +159,8 @@ class _CacheBuilder:
         if episode.actions.shape != (n, ACTION_DIM):
             raise DatasetError(f'episode from {source}: actions have shape '
                                f'{episode.actions.shape}, expected ({n}, {ACTION_DIM})')
-        images = frames_to_uint8_tensor(episode.images, self.image_size).numpy() if n else \
+        images = frames_to_uint8_tensor(episode.images, self.image_size, self.crop).numpy() \
+            if n else \
             np.zeros((0, 3, self.image_size, self.image_size), np.uint8)
         if self.file is not None:
             self.file.write(np.ascontiguousarray(images).tobytes())
@@ -186,9 +204,12 @@ class _CacheBuilder:
                           instructions=list(self.instructions), episodes=self.records)
 
 
-def cache_key(bags: Sequence[Path], image_size: int) -> str:
-    """Hash of the bag list (paths, file sizes, mtimes), image size and cache version."""
-    digest = hashlib.sha256(f'v{CACHE_VERSION}|{image_size}'.encode())
+def cache_key(bags: Sequence[Path], image_size: int, contract: Optional[TopicContract] = None,
+              crop: str = 'center', instruction: Optional[str] = None) -> str:
+    """Hash of the bag list (paths, file sizes, mtimes), the contract, image size and crop."""
+    digest = hashlib.sha256(f'v{CACHE_VERSION}|{image_size}|{crop}|{instruction}'.encode())
+    if contract is not None:
+        digest.update(repr(replace(contract, path=None)).encode())
     for bag in sorted(Path(b).resolve() for b in bags):
         digest.update(str(bag).encode())
         files = sorted(bag.rglob('*')) if bag.is_dir() else [bag]
@@ -210,32 +231,80 @@ def find_bags(paths: Sequence[str | Path]) -> list[Path]:
     bags = bag_io.find_bags(roots)
     if not bags:
         raise DatasetError(f'no episode bags found under {", ".join(map(str, paths))}; '
-                           f'collect some with `vla-align collect --out DIR`')
+                           f'collect some with `vla-align collect --out DIR` or record them '
+                           f'with `vla-align record --episodes DIR`')
     return sorted(set(bags))
 
 
-def load_bag_cache(bags: Sequence[Path], cache_root: str | Path, image_size: int,
-                   progress: bool = True) -> FrameCache:
-    """The frame cache of ``bags`` at ``image_size``: opened if built before, else built."""
-    from vla_align.data.bag_io import read_episode_bag  # lazy: rosbags only when needed
+@dataclass
+class CacheReport:
+    """How the bags of a cache were used: what training reports and the checkpoint keeps."""
 
+    contract: str
+    bags: int
+    bags_used: int
+    episodes: int
+    frames_read: int
+    frames_used: int
+    dropped: dict[str, int]  # reason -> frames (or episodes' frames) left out
+    refused: list[str]  # one line per bag that does not meet the contract
+
+    def describe(self) -> str:
+        lines = [f'{self.bags_used} of {self.bags} bags used (contract {self.contract}): '
+                 f'{self.episodes} episodes, {self.frames_used} of {self.frames_read} frames']
+        lines += [f'  left out: {count} {reason}' for reason, count in
+                  sorted(self.dropped.items(), key=lambda item: -item[1])]
+        lines += [f'  refused: {line}' for line in self.refused]
+        return '\n'.join(lines)
+
+
+def load_bag_cache(bags: Sequence[Path], cache_root: str | Path, image_size: int,
+                   contract: Optional[TopicContract] = None, crop: str = 'center',
+                   instruction: Optional[str] = None,
+                   progress: bool = True) -> FrameCache:
+    """The frame cache of ``bags`` read through ``contract`` (default: the simulator's
+    ``sim_panda``): opened if built before, else built. A bag that does not meet the contract
+    is reported in one line (``cache.report.refused``) and left out; the others are used.
+    Raises ``DatasetError`` when no bag gives a frame."""
+    from vla_align.data.contract import load_contract
+    from vla_align.data.contract_reader import ContractBagError, read_contract_episodes
+
+    contract = contract if contract is not None else load_contract('sim_panda')
     cache_root = Path(cache_root).expanduser()
-    folder = cache_root / f'frames-{cache_key(bags, image_size)}'
+    folder = cache_root / f'frames-{cache_key(bags, image_size, contract, crop, instruction)}'
     if (folder / 'meta.json').is_file():
         return FrameCache.load(folder)
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.tmp-', dir=cache_root))
+    dropped: Counter = Counter()
+    refused: list[str] = []
+    frames_read = used_bags = 0
     try:
-        builder = _CacheBuilder(image_size, images_file=tmp / 'images.u8')
-        for bag in tqdm(bags, desc='decoding bags', unit='bag', disable=not progress):
+        builder = _CacheBuilder(image_size, images_file=tmp / 'images.u8', crop=crop)
+        bar = tqdm(bags, desc='decoding bags', unit='bag', disable=not progress)
+        for bag in bar:
             try:
-                episode = read_episode_bag(bag)
-            except Exception as exc:  # noqa: BLE001 - name the bad bag, whatever went wrong
-                raise DatasetError(f'cannot read episode bag {bag}: {exc}') from exc
-            builder.add(episode, str(bag))
+                result = read_contract_episodes(bag, contract, instruction)
+            except ContractBagError as exc:
+                refused.append(' '.join(str(exc).split()))
+                if progress:
+                    bar.write(f'left out: {refused[-1]}')
+                continue
+            frames_read += result.frames_read
+            dropped.update(result.dropped)
+            used_bags += bool(result.episodes)
+            for episode in result.episodes:
+                builder.add(episode, str(bag))
         if builder.rows == 0:
-            raise DatasetError(f'the {len(bags)} bags hold no frames')
-        builder.finish()._save_rest(tmp, images_shape=builder.images_shape)
+            raise DatasetError(f'the {len(bags)} bags hold no usable frames under contract '
+                               f'{contract.name!r}: ' + ('; '.join(refused[:3]) or
+                                                        ', '.join(f'{v} {k}' for k, v in
+                                                                  dropped.items())))
+        report = CacheReport(contract=contract.name, bags=len(bags), bags_used=used_bags,
+                             episodes=len(builder.records), frames_read=frames_read,
+                             frames_used=builder.rows, dropped=dict(dropped), refused=refused)
+        builder.finish()._save_rest(tmp, images_shape=builder.images_shape, report=report,
+                                    contract=contract.to_dict())
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

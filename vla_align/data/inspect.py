@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import json
 from pathlib import Path
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from rosbags.rosbag2 import ReaderError
 from rosbags.serde import SerdeError
 
 from vla_align.data import ros_messages as rm
 from vla_align.data.bag_io import DEFAULT_TOPICS, BagTopics, bag_storage, open_bag_reader
+from vla_align.data.episode_meta import EpisodeMetadata, EpisodeMetadataError
 
 
 @dataclass
@@ -36,7 +37,7 @@ class BagSummary:
     start_ns: int
     duration_ns: int
     topics: list[TopicSummary]
-    episode: Optional[dict[str, Any]]
+    episode: Optional[EpisodeMetadata]
     #: Why the messages could not be read (the summary then comes from metadata.yaml alone).
     unreadable: str = ''
 
@@ -45,20 +46,13 @@ class BagSummary:
         return sum(topic.count for topic in self.topics)
 
 
-def episode_record(text: str) -> Optional[dict[str, Any]]:
-    """The episode metadata in a ``/vla/episode`` payload, or None if it holds something else.
-
-    Only what ``bag_io.episode_metadata_json`` writes counts: a JSON object with
-    ``layout_version`` and a ``task`` object (not any JSON a String topic may carry).
-    """
+def episode_record(text: str) -> Optional[EpisodeMetadata]:
+    """The episode metadata in a ``/vla/episode`` payload, or None if it holds something else
+    (only what ``data.episode_meta`` writes counts, not any JSON a String topic may carry)."""
     try:
-        record = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+        return EpisodeMetadata.from_json(text)
+    except EpisodeMetadataError:
         return None
-    if not isinstance(record, dict) or 'layout_version' not in record or \
-            not isinstance(record.get('task'), dict):
-        return None
-    return record
 
 
 def summarize_metadata(path: Path, reason: str) -> BagSummary:
@@ -136,16 +130,21 @@ def format_summary(summary: BagSummary) -> str:
     if episode is None:
         lines.append('episode:   (no episode record in this bag)')
     else:
-        task = episode.get('task', {})
-        lines += [f'episode:   {task.get("family", "?")} / split {episode.get("split", "?")} '
-                  f'/ seed {episode.get("seed", "?")}',
-                  f'  instruction: {task.get("instruction", "?")!r}',
-                  f'  success:     {episode.get("success", "?")}',
-                  f'  steps:       {episode.get("num_steps", "?")} at '
-                  f'{episode.get("control_hz", "?")} Hz',
-                  f'  task:        {json.dumps(task, sort_keys=True)}']
-        if episode.get('metadata'):
-            lines.append(f'  metadata:    {json.dumps(episode["metadata"], sort_keys=True)}')
+        where = ' / '.join(str(x) for x in (episode.family, episode.split and
+                                            f'split {episode.split}',
+                                            episode.seed is not None and f'seed {episode.seed}')
+                           if x)
+        lines += [f'episode:   {where or "(no task details)"}',
+                  f'  instruction: {episode.instruction!r}',
+                  f'  outcome:     {episode.outcome}',
+                  f'  robot:       {episode.robot or "?"}'
+                  + (f', operator {episode.operator}' if episode.operator else ''),
+                  f'  recorded by: {episode.source or "?"} for contract '
+                  f'{episode.contract or "?"} at {episode.control_hz or "?"} Hz']
+        if episode.notes:
+            lines.append(f'  notes:       {episode.notes}')
+        if episode.task:
+            lines.append(f'  task:        {json.dumps(episode.task, sort_keys=True)}')
     return '\n'.join(lines)
 
 

@@ -15,11 +15,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vla_align.actions import ACTION_DIM, GRIPPER
-from vla_align.sim.types import STATE_DIM
+from vla_align.data.state import QUATERNION, STATE_DIM
 
 Array = TypeVar('Array')
 #: Std floor: a dimension the expert never moves (e.g. roll) must not blow up to huge z-scores.
 MIN_STD = 1e-3
+#: Std floor of the state's quaternion components: demonstrations that never tilt the hand
+#: gave a std of 1e-3, so a 3 degree tilt at run time read as z = 5.9; 0.05 is ~6 degrees.
+QUATERNION_MIN_STD = 0.05
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,9 @@ class NormalizationStats:
             raise ValueError('cannot compute normalization statistics from zero frames')
         a_mean, a_std = actions.mean(0), np.maximum(actions.std(0), MIN_STD)
         a_mean[GRIPPER], a_std[GRIPPER] = 0.0, 1.0
-        return cls(a_mean, a_std, states.mean(0), np.maximum(states.std(0), MIN_STD))
+        s_std = np.maximum(states.std(0), MIN_STD)
+        s_std[QUATERNION] = np.maximum(s_std[QUATERNION], QUATERNION_MIN_STD)
+        return cls(a_mean, a_std, states.mean(0), s_std)
 
     def normalize_actions(self, actions: Array) -> Array:
         return (actions - self._like(self.action_mean, actions)) / self._like(self.action_std,

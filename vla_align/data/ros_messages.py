@@ -7,7 +7,8 @@ standard ROS 2 ones; only the layout choices below are ours:
 * ``std_msgs/Float32MultiArray`` actions carry ONE layout dimension of size 7 whose label is
   ``ACTION_LAYOUT_LABEL`` (``'dx,dy,dz,droll,dpitch,dyaw,gripper'``): the array is 1-D, so one
   ``MultiArrayDimension`` describes it, and the label names its entries in order.
-* Images are ``rgb8`` with ``step = 3 * width``; the reader also accepts ``bgr8`` and padded rows.
+* Images are written ``rgb8`` with ``step = 3 * width``; they are read by the one decoder,
+  ``data.images.decode_image``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
 from vla_align.actions import ACTION_DIM, ACTION_LAYOUT_LABEL
-from vla_align.sim.types import CameraConfig
+from vla_align.data.episode import CameraGeometry
+from vla_align.data.images import decode_image
 
 IMAGE = 'sensor_msgs/msg/Image'
 CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
@@ -27,6 +29,11 @@ POSE_STAMPED = 'geometry_msgs/msg/PoseStamped'
 STRING = 'std_msgs/msg/String'
 FLOAT32 = 'std_msgs/msg/Float32'
 FLOAT32_MULTI_ARRAY = 'std_msgs/msg/Float32MultiArray'
+FLOAT64_MULTI_ARRAY = 'std_msgs/msg/Float64MultiArray'
+FLOAT64 = 'std_msgs/msg/Float64'
+COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
+TWIST_STAMPED = 'geometry_msgs/msg/TwistStamped'
+TF_MESSAGE = 'tf2_msgs/msg/TFMessage'
 
 
 def _newest_ros2_store() -> Stores:
@@ -76,21 +83,11 @@ def image_msg(image: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
 
 
 def image_from_msg(msg: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an ``rgb8`` or ``bgr8`` image (rows may be padded)."""
-    if msg.encoding not in ('rgb8', 'bgr8'):
-        raise ValueError(f'image encoding {msg.encoding!r} is not supported (rgb8, bgr8)')
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if step < 3 * width or len(msg.data) < height * step:
-        raise ValueError(f'image data of {len(msg.data)} bytes does not fit {height}x{width} '
-                         f'with step {step}')
-    rows = np.asarray(msg.data, dtype=np.uint8)[:height * step].reshape(height, step)
-    image = rows[:, :3 * width].reshape(height, width, 3)
-    if msg.encoding == 'bgr8':
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(image)
+    """(H, W, 3) uint8 RGB of an image message (``data.images.decode_image``)."""
+    return np.array(decode_image(msg))  # a writable copy: episodes own their frames
 
 
-def camera_info_msg(camera: CameraConfig, stamp_ns: int) -> Any:
+def camera_info_msg(camera: CameraGeometry, stamp_ns: int) -> Any:
     """``sensor_msgs/CameraInfo`` of an undistorted pinhole camera (K, P from intrinsics)."""
     fx, fy, cx, cy = camera.intrinsics()
     k = np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0], dtype=np.float64)

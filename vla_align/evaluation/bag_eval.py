@@ -241,7 +241,10 @@ def evaluate_bags(bags: Sequence[Path], options: EvalBagOptions, policy: Any = N
 def _warm_up(policy: Any) -> None:
     """One throw-away step so lazy initialisation is not timed."""
     size = int(getattr(policy.config, 'image_size', 64))
-    state = np.zeros(8, np.float32) if getattr(policy.config, 'use_proprio', False) else None
+    state = None
+    if getattr(policy.config, 'use_proprio', False):
+        state = np.zeros(8, np.float32)
+        state[6] = 1.0  # the identity orientation: an all-zero quaternion is refused
     policy.step(np.zeros((size, size, 3), np.uint8), 'warm up', state)
 
 

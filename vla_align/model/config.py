@@ -14,6 +14,7 @@ import yaml
 
 ALIGNMENT_LOSSES = ('infonce', 'siglip')
 ACTION_HEADS = ('continuous', 'bins')
+IMAGE_CROPS = ('center', 'stretch')
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,11 @@ class PolicyConfig:
     #: ``.safetensors``); None trains the trunk from scratch.
     vision_weights: Optional[str] = None
     image_size: int = 96
+    #: From a camera frame to the square model input: 'center' crops the largest centred
+    #: square, then resizes (the aspect ratio is kept; a square frame is only resized);
+    #: 'stretch' resizes the whole frame (squashes non-square frames: older checkpoints).
+    #: Training and the policy node both apply it (``model.processing``).
+    image_crop: str = 'center'
     # Language: a transformers encoder in a local folder; None = the packaged MiniLM.
     language_model: Optional[str] = None
     freeze_language: bool = True
@@ -64,6 +70,8 @@ class PolicyConfig:
         problems = []
         if self.vision_stage not in (1, 2, 3, 4):
             problems.append(f'vision_stage must be 1..4, got {self.vision_stage!r}')
+        if self.image_crop not in IMAGE_CROPS:
+            problems.append(f'image_crop must be one of {IMAGE_CROPS}, got {self.image_crop!r}')
         if not 16 <= self.image_size <= 512:
             problems.append(f'image_size must be in 16..512 pixels, got {self.image_size!r}')
         if self.d_model <= 0 or self.fusion_heads <= 0 or self.d_model % self.fusion_heads:

@@ -29,13 +29,13 @@ import torch
 
 from vla_align.actions import GRIPPER
 from vla_align.data.normalization import NormalizationStats
+from vla_align.data.state import STATE_DIM, canonical_states
 from vla_align.model.checkpoint import load_checkpoint, save_checkpoint
 from vla_align.model.config import PolicyConfig
 from vla_align.model.device import autocast, autocast_dtype, resolve_device
 from vla_align.model.language import TextEmbedding
 from vla_align.model.processing import ImageBatch, check_images, resize_uint8
 from vla_align.model.vla import VLAModel, VLAOutput
-from vla_align.sim.types import STATE_DIM
 
 PRECISIONS = ('auto', 'fp32')
 #: Where mixed precision applies: the whole model, or the convolutional trunk alone.
@@ -211,7 +211,8 @@ class Policy:
         if self.device.type == 'cuda':
             # From pinned (page-locked) memory the copy is a true asynchronous DMA.
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-        pixels = resize_uint8(pixels.permute(0, 3, 1, 2), self.config.image_size)
+        pixels = resize_uint8(pixels.permute(0, 3, 1, 2), self.config.image_size,
+                              self.config.image_crop)
         return pixels.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
     def run_model(self, pixels: torch.Tensor, text: TextEmbedding,
@@ -262,6 +263,7 @@ class Policy:
                              f'{_describe(states)}') from exc
         if not np.all(np.isfinite(arr)):
             raise ValueError(f'state has non-finite values: {arr.tolist()}')
+        arr = canonical_states(arr)  # q and -q are one orientation: the model sees one
         return torch.from_numpy(self.stats.normalize_states(arr)).to(self.device)
 
 

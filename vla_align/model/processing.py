@@ -1,7 +1,9 @@
 """Camera frames -> model input tensors, shared by training (dataset cache) and inference.
 
-Both paths resize uint8 frames with the same torchvision call, so a frame cached for training and
-the same frame arriving at the policy give identical pixels.
+Both paths crop and resize uint8 frames with the same call (``resize_uint8``, the crop named in
+``PolicyConfig.image_crop``), so a frame cached for training and the same frame arriving at the
+policy give identical pixels, and a 640x480 camera is centre-cropped to a square instead of
+squashed.
 """
 from __future__ import annotations
 
@@ -42,17 +44,32 @@ def check_images(images: ImageBatch) -> np.ndarray:
     return images
 
 
-def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> (B, 3, size, size) uint8 with antialiased bilinear resampling."""
+def crop_box(height: int, width: int, crop: str) -> tuple[int, int, int, int]:
+    """(top, left, crop_height, crop_width) of ``crop`` ('center': the largest centred square;
+    'stretch': the whole frame) in an ``height`` x ``width`` frame."""
+    if crop == 'stretch':
+        return 0, 0, height, width
+    if crop != 'center':
+        raise ValueError(f'unknown image crop {crop!r}; expected center or stretch')
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+def resize_uint8(images: torch.Tensor, size: int, crop: str = 'center') -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> (B, 3, size, size) uint8: ``crop`` (aspect ratio kept with
+    'center'), then antialiased bilinear resampling. Training and inference both call this."""
+    top, left, height, width = crop_box(images.shape[-2], images.shape[-1], crop)
+    if (height, width) != tuple(images.shape[-2:]):
+        images = images[..., top:top + height, left:left + width]
     if images.shape[-2:] == (size, size):
         return images
     return tvf.resize(images, [size, size], antialias=True)
 
 
-def frames_to_uint8_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+def frames_to_uint8_tensor(images: np.ndarray, size: int, crop: str = 'center') -> torch.Tensor:
     """(B, H, W, 3) uint8 frames -> (B, 3, size, size) uint8 tensor (the dataset cache format)."""
     tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    return resize_uint8(tensor, size)
+    return resize_uint8(tensor, size, crop)
 
 
 def uint8_to_float(images: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from vla_align.data.state import STATE_DIM
 from vla_align.model.action_head import ActionHead, ActionPrediction
 from vla_align.model.alignment import AlignmentHeads
 from vla_align.model.config import PolicyConfig
@@ -25,7 +26,6 @@ from vla_align.model.fusion import AttentionPool, CrossModalFusion
 from vla_align.model.language import LanguageEncoder, TextEmbedding
 from vla_align.model.loss import ThreeWayAlignmentLoss
 from vla_align.model.vision import VisionEncoder
-from vla_align.sim.types import STATE_DIM
 
 TextInput = Union[TextEmbedding, Sequence[str]]
 

@@ -1,7 +1,8 @@
 """ROS message <-> numpy conversions used by the nodes; no rclpy node or DDS needed.
 
-Images: ``sensor_msgs/Image`` in rgb8, bgr8 or mono8 (any row padding) -> (H, W, 3) uint8 RGB,
-without a copy when the message is already tightly packed rgb8. Actions: the 7-DoF array of
+Images: decoded by ``data.images.decode_image`` (rgb8, bgr8, mono8, rgba8, bgra8, mono16, any
+row padding; CompressedImage jpeg/png) -> (H, W, 3) uint8 RGB, without a copy when the message
+is already tightly packed rgb8. Actions: the 7-DoF array of
 ``vla_align.actions`` -> ``Float32MultiArray`` (the canonical record), ``TwistStamped``
 (velocities for Cartesian controllers such as MoveIt Servo) and ``Float32`` (gripper).
 """
@@ -19,14 +20,15 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float32, Float32MultiArray, Header, MultiArrayDimension
 
 from vla_align.actions import ACTION_DIM, ACTION_LAYOUT_LABEL, GRIPPER, validate_action
+from vla_align.data.images import ImageDecodeError, decode_image
 
-#: Channels per pixel of the encodings the policy accepts (all 8-bit).
+#: Encodings ``rgb_to_image`` writes (what the camera node publishes), channels per pixel.
 ENCODING_CHANNELS: dict[str, int] = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}
 #: ``MultiArrayDimension.label`` of /vla/action: the layout travels with every message.
 
 
-class ImageConversionError(ValueError):
-    """An image message that cannot be read as the documented encoding and size."""
+#: An image message that cannot be decoded (the data layer's error, under the name nodes use).
+ImageConversionError = ImageDecodeError
 
 
 class StateConversionError(ValueError):
@@ -55,38 +57,9 @@ def stamp_to_seconds(stamp: Time) -> float:
 # --- images -----------------------------------------------------------------------------------
 
 def image_to_rgb(msg: Image, max_pixels: Optional[int] = None) -> np.ndarray:
-    """(H, W, 3) uint8 RGB pixels of ``msg``.
-
-    Tightly packed rgb8 returns a view on the message buffer (no copy; keep the message alive
-    and do not write to it); padded rows, bgr8 and mono8 return a contiguous copy. Raises
-    ``ImageConversionError`` for an unsupported encoding, inconsistent size/step/data, or
-    more than ``max_pixels`` pixels (None: no limit).
-    """
-    encoding = msg.encoding.lower()
-    channels = ENCODING_CHANNELS.get(encoding)
-    if channels is None:
-        raise ImageConversionError(f'unsupported image encoding {msg.encoding[:40]!r}; '
-                                   f'expected one of {", ".join(ENCODING_CHANNELS)}')
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageConversionError(f'image has no pixels ({width}x{height})')
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageConversionError(f'image of {width}x{height} pixels is larger than the '
-                                   f'{max_pixels} pixels allowed (max_image_pixels)')
-    row_bytes = width * channels
-    if step < row_bytes:
-        raise ImageConversionError(f'{encoding} image step {step} is shorter than a row of '
-                                   f'{width} pixels ({row_bytes} bytes)')
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size != step * height:
-        raise ImageConversionError(f'image data has {data.size} bytes, expected step x height '
-                                   f'= {step} x {height} = {step * height}')
-    pixels = data.reshape(height, step)[:, :row_bytes].reshape(height, width, channels)
-    if encoding == 'rgb8':
-        return pixels if step == row_bytes else np.ascontiguousarray(pixels)
-    if encoding == 'bgr8':
-        return np.ascontiguousarray(pixels[..., ::-1])
-    return np.ascontiguousarray(np.broadcast_to(pixels, (height, width, 3)))
+    """(H, W, 3) uint8 RGB pixels of ``msg`` (``data.images.decode_image``, the project's one
+    decoder); tightly packed rgb8 is a view on the message buffer (keep the message alive)."""
+    return decode_image(msg, max_pixels)
 
 
 def rgb_to_image(rgb: np.ndarray, stamp: Time, frame_id: str,

@@ -20,3 +20,12 @@ EPISODE_STATUS = '/vla/episode_status'
 #: The simulator's scripted-expert suggestion for the current frame (sim only, debug/demo).
 EXPERT_ACTION = '/vla/expert_action'
 RESET_EPISODE = '/vla/reset_episode'
+#: MoveIt Servo's twist command input (geometry_msgs/TwistStamped, speed units, base frame):
+#: what teleop and the policy command, and what the robot stand-in (sim node) obeys.
+SERVO_TWIST = '/servo_node/delta_twist_cmds'
+#: A forward command controller's input (std_msgs/Float64MultiArray, finger position in m).
+GRIPPER_COMMAND = '/panda_hand_controller/commands'
+#: sensor_msgs/Joy from the standard joy / spacenav drivers.
+JOY = '/joy'
+#: Episode metadata (std_msgs/String JSON, data.episode_meta) in every episode bag.
+EPISODE_METADATA = '/vla/episode'

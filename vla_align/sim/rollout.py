@@ -10,7 +10,7 @@ import numpy as np
 from vla_align.actions import UnsafeActionError, hold_action
 from vla_align.data.episode import Episode
 from vla_align.sim.env import ManipulationEnv
-from vla_align.sim.types import Observation, TaskSpec
+from vla_align.sim.types import PANDA_JOINT_NAMES, Observation, TaskSpec
 
 
 @dataclass
@@ -38,15 +38,15 @@ class _Recorder:
                 **metadata: object) -> Episode:
         obs = self.observations
         return Episode(
-            task=task, seed=seed,
+            task=task.info(), seed=seed,
             images=np.stack([o.image for o in obs]).astype(np.uint8),
             actions=np.stack(self.actions).astype(np.float32),
             ee_positions=np.stack([o.ee_position for o in obs]).astype(np.float32),
             ee_orientations=np.stack([o.ee_orientation for o in obs]).astype(np.float32),
             grippers=np.array([o.gripper for o in obs], dtype=np.float32),
             joint_positions=np.stack([o.joint_positions for o in obs]).astype(np.float32),
-            success=success, control_hz=env.config.control_hz, camera=env.camera,
-            metadata={'max_steps': env.max_steps, **metadata})
+            joint_names=PANDA_JOINT_NAMES, success=success, control_hz=env.config.control_hz,
+            camera=env.camera.geometry(), metadata={'max_steps': env.max_steps, **metadata})
 
 
 def run_expert_episode(env: ManipulationEnv, task: TaskSpec, seed: int,

@@ -10,13 +10,18 @@ from typing import Any, Optional
 
 import numpy as np
 
+from vla_align.data.episode import CameraGeometry, TaskInfo
+from vla_align.data.state import STATE_DIM as _STATE_DIM
+from vla_align.data.state import state_vector
+
 TASK_FAMILIES: tuple[str, ...] = ('reach', 'pick', 'push', 'put', 'stack')
 SPLITS: tuple[str, ...] = ('seen', 'paraphrase', 'composition', 'shift')
 PANDA_JOINT_NAMES: tuple[str, ...] = (
     'panda_joint1', 'panda_joint2', 'panda_joint3', 'panda_joint4', 'panda_joint5',
     'panda_joint6', 'panda_joint7', 'panda_finger_joint1', 'panda_finger_joint2')
-#: Proprioception vector layout: ee position (3), ee quaternion xyzw (4), gripper command (1).
-STATE_DIM = 8
+#: Proprioception vector layout (the data contract's, ``vla_align.data.state``): ee position
+#: (3), ee quaternion xyzw (4), gripper command (1).
+STATE_DIM = _STATE_DIM
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,12 @@ class CameraConfig:
         """(fx, fy, cx, cy) in pixels for this field of view and resolution."""
         fy = 0.5 * self.height / np.tan(np.deg2rad(self.fov_deg) / 2.0)
         return fy, fy, (self.width - 1) / 2.0, (self.height - 1) / 2.0
+
+    def geometry(self) -> CameraGeometry:
+        """What the data layer records of this camera (size, intrinsics, frame)."""
+        fx, fy, cx, cy = self.intrinsics()
+        return CameraGeometry(width=self.width, height=self.height, fx=fx, fy=fy, cx=cx, cy=cy,
+                              frame_id=self.frame_id)
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,10 @@ class TaskSpec:
     def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
         return cls(**data)
 
+    def info(self) -> TaskInfo:
+        """The task as the data layer records it (instruction, family, split + details)."""
+        return TaskInfo.from_dict(self.to_dict())
+
 
 @dataclass
 class Observation:
@@ -80,8 +95,7 @@ class Observation:
 
     def state(self) -> np.ndarray:
         """Proprioception vector of STATE_DIM floats (see STATE_DIM)."""
-        return np.concatenate([self.ee_position, self.ee_orientation,
-                               [self.gripper]]).astype(np.float32)
+        return state_vector(self.ee_position, self.ee_orientation, self.gripper)
 
 
 @dataclass

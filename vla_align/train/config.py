@@ -30,6 +30,11 @@ class DataConfig:
     splits: Optional[tuple[str, ...]] = ('seen',)  # None = every split in the data
     families: Optional[tuple[str, ...]] = None  # None = every task family
     only_successful: bool = True
+    #: The topic contract the bags are read through (a file, or a name in config/contracts/);
+    #: sim_panda is the simulator's own bags (data/contract.py, docs/CONTRACTS.md).
+    contract: str = 'sim_panda'
+    #: The instruction of bags that carry none (a folder of bags of one task).
+    instruction: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ('paths', 'splits', 'families'):

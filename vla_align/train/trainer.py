@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 import contextlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 import math
 import os
 from pathlib import Path
@@ -373,8 +373,12 @@ class Trainer:
                                                identical_action_ids(chunks))}
 
     def _metadata(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        report = self.cache.report
         return {'seed': self.config.seed, 'step': self.step, 'data': self.data_summary(),
-                'metrics': metrics, 'train_config': self.config.to_dict()}
+                'metrics': metrics, 'train_config': self.config.to_dict(),
+                # What deployment must match (the contract's rate, frame, state source...).
+                'contract': self.cache.contract,
+                'data_report': None if report is None else asdict(report)}
 
     def data_summary(self) -> dict[str, Any]:
         def families(ids: list[int]) -> dict[str, int]:

@@ -15,7 +15,7 @@ completion order. Failures are counted, never written.
 Rollouts run in worker processes (``spawn`` context, so no PyBullet state is inherited); each
 worker builds one ``ManipulationEnv`` and reuses it for all its episodes. A bag is written into
 ``DIR/.incomplete/`` and moved into place when complete, so an interrupted run never leaves a
-half-written bag where ``find_episode_bags`` looks.
+half-written bag where ``bag_io.find_bags`` looks.
 """
 from __future__ import annotations
 
@@ -176,14 +176,6 @@ class CollectionReport:
         }
 
 
-def find_episode_bags(root: Path) -> list[Path]:
-    """Sorted bag folders under a collection root (or ``[root]`` if it is itself a bag)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f'no collection at {root}: not a directory')
-    return find_bags([root])
-
-
 # -- worker process ----------------------------------------------------------------------------
 
 _WORKER: Optional[_Worker] = None
@@ -214,7 +206,8 @@ class _Worker:
             name = f'{job.family}_{job.seed}'
             staging = self.out / STAGING_DIR / name
             shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
-            write_episode_bag(episode, staging, storage=self.storage)
+            write_episode_bag(episode, staging, storage=self.storage, robot='panda',
+                              source='sim_collector')
             final = self.out / job.family / name
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, final)
@@ -305,7 +298,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectionReport:
     if config.split not in suite.splits:
         raise ValueError(f'unknown split {config.split!r}; the suite has {list(suite.splits)}')
     out = Path(config.out)
-    if (out / REPORT_NAME).exists() or (out.is_dir() and find_episode_bags(out)):
+    if (out / REPORT_NAME).exists() or (out.is_dir() and find_bags([out])):
         raise ValueError(f'{out} already holds a collection; choose a new --out directory')
     out.mkdir(parents=True, exist_ok=True)
 
