@@ -30,6 +30,14 @@ COMMANDS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                       reliability=QoSReliabilityPolicy.RELIABLE,
                       durability=QoSDurabilityPolicy.VOLATILE)
 
+#: MoveIt Servo twist commands and the gripper's forward command controller (DESIGN.md section
+#: 3): reliable, keep last 1 -- a controller acts on the newest command only, never a backlog of
+#: older ones; the sender streams at a steady rate (and re-sends the gripper position), so a late
+#: joiner needs no durability.
+SERVO_COMMANDS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                            reliability=QoSReliabilityPolicy.RELIABLE,
+                            durability=QoSDurabilityPolicy.VOLATILE)
+
 #: Everything else (/joint_states, /vla/ee_pose, /vla/alignment, /diagnostics): ROS defaults.
 DEFAULT = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                      reliability=QoSReliabilityPolicy.RELIABLE,
