@@ -238,3 +238,56 @@ def test_recorder_killed_with_sigkill_loses_at_most_the_last_second(
         assert len(old) >= minimum and len(got) > old[-1]  # all published > 1 s before the kill
     for _, msg in messages[frame_topic]:
         assert bytes(msg.data) == bytes(frames[int(msg.header.frame_id)].data)
+
+
+ODD_PUBLISHER = """
+import time
+from geometry_msgs.msg import PoseStamped
+import rclpy
+from std_msgs.msg import Float64
+from vla_align.ros import qos, topics
+rclpy.init()
+node = rclpy.create_node('odd_publisher')
+gripper = node.create_publisher(Float64, topics.GRIPPER, qos.COMMANDS)
+poses = node.create_publisher(PoseStamped, topics.EE_POSE, qos.SENSOR_DATA)
+deadline = time.monotonic() + 30
+while min(gripper.get_subscription_count(), poses.get_subscription_count()) < 1 and \\
+        time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(1.0)  # discovery completes on the subscriber's side too
+for i in range(40):
+    gripper.publish(Float64(data=float(i)))
+    pose = PoseStamped()
+    pose.pose.position.x = float(i)
+    poses.publish(pose)
+    time.sleep(0.01)
+time.sleep(1.0)
+"""
+
+
+def test_topics_published_with_another_type_or_best_effort_are_resubscribed(tmp_path,
+                                                                             ros_context, spin):
+    from vla_align.ros import topics
+    from vla_align.ros.record import CONTRACT_TYPES, _node_class
+
+    # Subscribed at start as the contract's Float32 (reliable) and PoseStamped (reliable): DDS
+    # matches neither publisher (another process: one participant refuses two types of a
+    # topic), so without re-subscribing nothing would be recorded.
+    assert CONTRACT_TYPES[topics.GRIPPER] == rm.FLOAT32
+    recorder = _node_class()(output=str(tmp_path / 'rec'), topics=[topics.GRIPPER,
+                                                                   topics.EE_POSE],
+                             all_topics=False, storage='mcap', context=ros_context)
+    process = subprocess.Popen([sys.executable, '-c', ODD_PUBLISHER], cwd=ROOT,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        spin([recorder], 40, until=lambda: process.poll() is not None)
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        recorder.destroy_node()
+    messages = read_bag_messages(tmp_path / 'rec', {topics.GRIPPER: 'std_msgs/msg/Float64',
+                                                    topics.EE_POSE: rm.POSE_STAMPED})
+    assert [round(m.data) for _, m in messages[topics.GRIPPER]] == list(range(40))
+    got = [round(m.pose.position.x) for _, m in messages[topics.EE_POSE]]
+    assert len(got) >= 30 and got == sorted(set(got))  # best effort: in order, rarely a loss

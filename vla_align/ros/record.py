@@ -5,6 +5,11 @@
     vla-align record runs/rec                       # the contract topics, until Ctrl-C
     vla-align record runs/rec --topics /vla/action /vla/ee_twist --duration 30
     vla-align record runs/rec --all --storage sqlite3
+    vla-align record --episodes runs/episodes --contract panda_servo_teleop   # one bag each
+
+With ``--episodes DIR`` the episode recorder runs instead (``episode_recorder``: one rosbag2 per
+episode, started and ended by keys or services, with its metadata); it shares this module's
+``BagRecorder`` and ``RawSubscriptions``.
 
 Also a node named ``record`` (``ros2 run vla_align record``, ``python -m vla_align.ros.record``)
 for graph files, with the parameters ``output``, ``topics``, ``all_topics``, ``storage`` and
@@ -21,12 +26,16 @@ most the last ``flush_period_s`` (0.5 s) plus what was still queued: the writer 
 bag durable that often (``bag_io.make_durable``), and the project's bag readers recover the
 unclosed folder (``bag_recovery.recover_bag``). Topics of the DESIGN.md contract are subscribed at
 start; others (``--topics``, ``--all``) once a publisher is discovered, so messages published
-before discovery are not recorded (as with ``ros2 bag record``).
+before discovery are not recorded (as with ``ros2 bag record``). A topic whose publishers turn
+out to have another type, or a QoS the subscription cannot receive (a best-effort publisher of
+a reliable topic), is re-subscribed to match them, with a warning, instead of recording nothing.
 """
 from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 import queue
@@ -65,6 +74,16 @@ CONTRACT_TYPES: dict[str, str] = {
 }
 #: Recorded by default: the contract minus /diagnostics (text-heavy, not needed to score).
 DEFAULT_TOPICS: tuple[str, ...] = tuple(t for t in CONTRACT_TYPES if t != contract.DIAGNOSTICS)
+#: Types of the standard topics: those of a robot cell too (MoveIt Servo, a forward command
+#: gripper controller, joy). A subscription of the wrong type is re-made once a publisher shows
+#: its own (``RawSubscriptions.discover``).
+KNOWN_TYPES: dict[str, str] = {
+    **CONTRACT_TYPES,
+    contract.SERVO_TWIST: 'geometry_msgs/msg/TwistStamped',
+    contract.GRIPPER_COMMAND: 'std_msgs/msg/Float64MultiArray',
+    contract.JOY: 'sensor_msgs/msg/Joy',
+    contract.EPISODE_METADATA: rm.STRING,
+}
 KINDS = ('sensor', 'latched', 'reliable')
 #: Longest time, in seconds, a written message stays only in memory (what a SIGKILL loses).
 FLUSH_PERIOD_S = 0.5
@@ -95,6 +114,9 @@ class BagRecorder:
 
     ``add_topic`` and ``put`` may be called from any thread; ``close`` drains the queue and
     closes the bag (call it once). What was written is made durable every ``flush_period_s``.
+    A topic's bag connection is made with its first message (at close for a topic that got
+    none) from its newest declaration: a topic declared again with another type before any
+    message (a recorder that re-subscribed) has one connection, and the bag's readers one type.
     """
 
     def __init__(self, path: Path, storage: str = 'mcap',
@@ -112,6 +134,8 @@ class BagRecorder:
         # Opened, written and closed in the writer thread: sqlite3 handles stay in one thread.
         self._writer = Writer(path, version=BAG_VERSION, storage_plugin=plugin)
         self._connections: dict[str, Any] = {}
+        self._connected_as: dict[str, tuple[str, Any]] = {}
+        self._declared: dict[str, tuple[str, Any]] = {}  # declarations not yet connections
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._opened = threading.Event()
@@ -158,20 +182,36 @@ class BagRecorder:
             if not kind:
                 continue
             if kind == 'stop':
+                for topic in [t for t in self._declared if t not in self._connections]:
+                    self._connect(topic)  # topics without messages are listed too
                 self._writer.close()
                 return
+            if kind == 'topic':
+                if self._connected_as.get(topic) == payload:
+                    self._declared.pop(topic, None)
+                else:
+                    self._declared[topic] = payload
+                continue
             dirty = True
             try:
-                if kind == 'topic':
-                    msgtype, offered = payload
-                    self._connections[topic] = self._writer.add_connection(
-                        topic, msgtype, typestore=rm.TYPESTORE,
-                        offered_qos_profiles=[offered])
-                else:
-                    self._writer.write(self._connections[topic], payload[0], payload[1])
-                    self.stats.written[topic] += 1
+                if topic in self._declared:
+                    self._connect(topic)
+                self._writer.write(self._connections[topic], payload[0], payload[1])
+                self.stats.written[topic] += 1
             except Exception as exc:  # noqa: BLE001 - keep draining; the summary says what failed
-                self.stats.error = self.stats.error or f'{topic}: {type(exc).__name__}: {exc}'
+                self._error(topic, exc)
+
+    def _connect(self, topic: str) -> None:
+        msgtype, offered = self._declared.pop(topic)
+        try:
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=rm.TYPESTORE, offered_qos_profiles=[offered])
+            self._connected_as[topic] = (msgtype, offered)
+        except Exception as exc:  # noqa: BLE001 - its messages are then counted as not written
+            self._error(topic, exc)
+
+    def _error(self, topic: str, exc: Exception) -> None:
+        self.stats.error = self.stats.error or f'{topic}: {type(exc).__name__}: {exc}'
 
     def close(self) -> RecordStats:
         self._queue.put(('stop', '', None))
@@ -180,17 +220,126 @@ class BagRecorder:
 
 
 # -- the ROS side ---------------------------------------------------------------------------------
+def topic_kind(topic: str) -> str:
+    """QoS role of a contract topic, by name: cameras best effort, the instruction latched."""
+    if topic in (contract.IMAGE, contract.CAMERA_INFO):
+        return 'sensor'
+    return 'latched' if topic == contract.INSTRUCTION else 'reliable'
+
+
+def subscription_qos(kind: str) -> Any:
+    """Subscription QoS of a kind: best effort for sensors (never refuses a publisher),
+    reliable KEEP_ALL otherwise (a fast publisher is slowed down rather than overrun)."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    if kind == 'sensor':
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+                          reliability=ReliabilityPolicy.BEST_EFFORT,
+                          durability=DurabilityPolicy.VOLATILE)
+    return QoSProfile(history=HistoryPolicy.KEEP_ALL,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=(DurabilityPolicy.TRANSIENT_LOCAL if kind == 'latched'
+                                  else DurabilityPolicy.VOLATILE))
+
+
+def publishers_kind(infos: Sequence[Any]) -> str:
+    """The kind whose subscription matches every one of these publishers (rclpy endpoint infos):
+    sensor if one is best effort, latched if all are transient local, reliable otherwise."""
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+    if any(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos):
+        return 'sensor'
+    if all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos):
+        return 'latched'
+    return 'reliable'
+
+
+def _matches(kind: str, publisher_kind: str) -> bool:
+    """Whether a subscription of ``kind`` receives from publishers of ``publisher_kind``."""
+    if kind == 'sensor':
+        return True
+    if kind == 'latched':
+        return publisher_kind == 'latched'
+    return publisher_kind != 'sensor'
+
+
+class RawSubscriptions:
+    """A node's recording subscriptions: serialized bytes (``raw=True``) handed to ``sink``.
+
+    ``sink(topic, log_time_ns, data)`` gets every message with the node clock's time of
+    reception; ``on_subscribed(topic, msgtype, kind)`` is told of each subscription (the
+    recorder declares the topic in its bag). ``discover`` subscribes to wanted topics once a
+    publisher appears, and re-subscribes a topic whose publishers turn out to have another type
+    or a QoS the first subscription cannot receive (DDS would drop their messages silently).
+    """
+
+    def __init__(self, node: Any, sink: Callable[[str, int, bytes], None],
+                 on_subscribed: Callable[[str, str, str], None]) -> None:
+        self._node = node
+        self._sink = sink
+        self._on_subscribed = on_subscribed
+        #: topic -> (msgtype, kind); None for a topic whose type is not installed.
+        self.subscribed: dict[str, Optional[tuple[str, str]]] = {}
+        self._subscriptions: dict[str, Any] = {}
+
+    def subscribe(self, topic: str, msgtype: str, kind: str) -> bool:
+        from vla_align.ros.bag_player_node import message_class
+
+        try:
+            cls = message_class(msgtype)
+        except ValueError as exc:
+            self._node.get_logger().warning(f'not recording {topic}: {exc}')
+            self.subscribed[topic] = None
+            return False
+        old = self._subscriptions.pop(topic, None)
+        if old is not None:
+            self._node.destroy_subscription(old)
+        self.subscribed[topic] = (msgtype, kind)
+        self._on_subscribed(topic, msgtype, kind)
+        clock, sink = self._node.get_clock(), self._sink
+
+        def on_message(data: bytes) -> None:
+            sink(topic, clock.now().nanoseconds, data)
+
+        self._subscriptions[topic] = self._node.create_subscription(
+            cls, topic, on_message, subscription_qos(kind), raw=True)
+        return True
+
+    def discover(self, wanted: Optional[Collection[str]]) -> None:
+        """Subscribe to ``wanted`` topics (None: every topic) that have publishers."""
+        for topic, _types in self._node.get_topic_names_and_types():
+            if wanted is not None and topic not in wanted:
+                continue
+            if topic in self.subscribed and self.subscribed[topic] is None:
+                continue  # type not installed: said once
+            infos = self._node.get_publishers_info_by_topic(topic)
+            if not infos:
+                continue
+            offered = publishers_kind(infos)
+            types = [i.topic_type for i in infos]
+            current = self.subscribed.get(topic)
+            if current is None:
+                self.subscribe(topic, types[0], offered)
+                continue
+            msgtype, kind = current
+            if msgtype in types and _matches(kind, offered):
+                continue
+            new_type = msgtype if msgtype in types else types[0]
+            self._node.get_logger().warning(
+                f're-subscribing {topic} as {new_type} ({offered}): its publishers offer that, '
+                f'not {msgtype} ({kind}); nothing they sent before was received')
+            self.subscribe(topic, new_type, offered)
+
+    def destroy(self) -> None:
+        for subscription in self._subscriptions.values():
+            self._node.destroy_subscription(subscription)
+        self._subscriptions.clear()
+
+
 def _node_class() -> type:
     """The rclpy node class (built on demand so the module imports without rclpy)."""
     from rclpy.node import Node
-    from rclpy.qos import (
-        DurabilityPolicy,
-        HistoryPolicy,
-        QoSProfile,
-        ReliabilityPolicy,
-    )
 
-    from vla_align.ros.bag_player_node import message_class
     from vla_align.ros.params import (
         StartupError,
         declare_bool,
@@ -198,16 +347,6 @@ def _node_class() -> type:
         declare_str,
         declare_str_list,
     )
-
-    def subscription_qos(kind: str) -> QoSProfile:
-        if kind == 'sensor':
-            return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
-                              reliability=ReliabilityPolicy.BEST_EFFORT,
-                              durability=DurabilityPolicy.VOLATILE)
-        return QoSProfile(history=HistoryPolicy.KEEP_ALL,
-                          reliability=ReliabilityPolicy.RELIABLE,
-                          durability=(DurabilityPolicy.TRANSIENT_LOCAL if kind == 'latched'
-                                      else DurabilityPolicy.VOLATILE))
 
     class RecorderNode(Node):
         """Subscribes to topics as raw bytes and hands them to a ``BagRecorder``."""
@@ -238,62 +377,23 @@ def _node_class() -> type:
                 raise StartupError(f'{NODE_NAME}: cannot record to {output}: {exc}') from None
             self._wanted = list(dict.fromkeys(wanted))
             self._all = bool(all_topics)
-            self._topic_subs: dict[str, Any] = {}
+            self._raw = RawSubscriptions(self, self.recorder.put, self.recorder.add_topic)
             for topic in self._wanted:
                 if topic in CONTRACT_TYPES:
-                    self._subscribe(topic, CONTRACT_TYPES[topic], self._contract_kind(topic))
+                    self._raw.subscribe(topic, CONTRACT_TYPES[topic], topic_kind(topic))
             self._discover()
             self.create_timer(0.5, self._discover)
             self.get_logger().info(f'recording to {output} ({storage}): '
                                    f'{"all topics" if self._all else self._wanted}')
 
-        @staticmethod
-        def _contract_kind(topic: str) -> str:
-            if topic in (contract.IMAGE, contract.CAMERA_INFO):
-                return 'sensor'
-            return 'latched' if topic == contract.INSTRUCTION else 'reliable'
-
         def _discover(self) -> None:
-            """Subscribe to wanted (or, with all_topics, any) topics that have publishers."""
-            for topic, types in self.get_topic_names_and_types():
-                if topic in self._topic_subs or not types:
-                    continue
-                if not (self._all or topic in self._wanted):
-                    continue
-                infos = self.get_publishers_info_by_topic(topic)
-                if not infos:
-                    continue
-                best_effort = any(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
-                                  for i in infos)
-                latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
-                              for i in infos)
-                kind = 'sensor' if best_effort else 'latched' if latched else 'reliable'
-                self._subscribe(topic, types[0], kind)
-
-        def _subscribe(self, topic: str, msgtype: str, kind: str) -> None:
-            try:
-                cls = message_class(msgtype)
-            except ValueError as exc:
-                self.get_logger().warning(f'not recording {topic}: {exc}')
-                self._topic_subs[topic] = None
-                return
-            self.recorder.add_topic(topic, msgtype, kind)
-            clock = self.get_clock()
-            put = self.recorder.put
-
-            def on_message(data: bytes) -> None:
-                put(topic, clock.now().nanoseconds, data)
-
-            self._topic_subs[topic] = self.create_subscription(
-                cls, topic, on_message, subscription_qos(kind), raw=True)
+            self._raw.discover(None if self._all else self._wanted)
 
         def destroy_node(self) -> None:
             if getattr(self, 'recorder', None) is None:  # start-up failed before recording
                 super().destroy_node()
                 return
-            for subscription in getattr(self, '_topic_subs', {}).values():
-                if subscription is not None:
-                    self.destroy_subscription(subscription)
+            self._raw.destroy()
             stats = self.recorder.close()
             self.recorder = None
             log = self.get_logger().error if stats.lost or stats.error else self.get_logger().info
@@ -314,8 +414,9 @@ def main(args: Optional[list[str]] = None) -> int:
 
 # -- CLI ------------------------------------------------------------------------------------------
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('out', type=Path, help='rosbag2 folder to create')
-    parser.add_argument('--topics', nargs='+', default=list(DEFAULT_TOPICS),
+    parser.add_argument('out', type=Path, nargs='?',
+                        help='rosbag2 folder to create (a plain recording)')
+    parser.add_argument('--topics', nargs='+', default=None,
                         help='topics to record (default: the node graph topics but '
                              '/diagnostics)')
     parser.add_argument('--all', action='store_true', help='record every topic that appears')
@@ -325,44 +426,96 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--flush-period', type=float, default=FLUSH_PERIOD_S, metavar='S',
                         help='make the bag durable every S seconds: at most that much is lost '
                              'if the recorder is killed (default: %(default)s)')
+    episodes = parser.add_argument_group(
+        'episodes', 'instead of OUT: one rosbag2 per episode, started and ended by keys or by '
+                    'the services of the episode_recorder node (vla_align.ros.episode_recorder)')
+    episodes.add_argument('--episodes', type=Path, default=None, metavar='DIR',
+                          help='folder of episodes (episode_0000/, episode_0001/, ...)')
+    episodes.add_argument('--contract', default='panda_servo_teleop', metavar='FILE',
+                          help='topic contract whose topics are recorded: a file or a shipped '
+                               'name (default: %(default)s)')
+    episodes.add_argument('--robot', default='',
+                          help="robot stored with each episode (default: the contract's)")
+    episodes.add_argument('--operator', default='', help='who drives the robot')
+    episodes.add_argument('--keyboard', action=argparse.BooleanOptionalAction, default=None,
+                          help='keys s start, y success, n failure, d discard, q quit '
+                               '(default: on when stdin is a terminal)')
 
 
-def run(args: argparse.Namespace) -> int:
+@contextmanager
+def cli_ros() -> Iterator[threading.Event]:
+    """rclpy for a command: Ctrl-C and SIGTERM set the yielded event instead of raising, so
+    the command's loop ends and its bags are closed cleanly; rclpy is shut down at the end."""
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
-
-    from vla_align.ros.params import StartupError
 
     rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
-    node = None
     try:
-        node = _node_class()(output=str(args.out), topics=args.topics, all_topics=args.all,
-                             storage=args.storage, flush_period_s=args.flush_period)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        print(f'recording {"all topics" if args.all else " ".join(args.topics)} to {args.out} '
-              f'(Ctrl-C to stop)', flush=True)
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            executor.spin_once(timeout_sec=0.1)
-    except StartupError as exc:
-        print(f'vla-align record: {exc}', file=sys.stderr)
-        return 2
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        stats = node.recorder.stats if node is not None else None
-        if node is not None:
-            node.destroy_node()
         rclpy.try_shutdown()
+
+
+def spin_until_stopped(node: Any, stop: threading.Event, duration: Optional[float]) -> None:
+    """Spin ``node`` until ``stop`` is set, ``duration`` s have passed, or a callback raises
+    ``KeyboardInterrupt`` (a node that was asked to quit, as run_node handles it)."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            executor.spin_once(timeout_sec=0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        executor.remove_node(node)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.episodes is not None:
+        if args.out is not None:
+            return _usage_error('give OUT (one recording) or --episodes DIR, not both')
+        if args.topics is not None or args.all:
+            return _usage_error("--topics and --all are for OUT; episodes record the "
+                                "contract's topics (--contract)")
+        from vla_align.ros.episode_recorder import run_cli
+
+        return run_cli(args)
+    if args.out is None:
+        return _usage_error('give OUT (a rosbag2 folder to create) or --episodes DIR')
+    from vla_align.ros.params import StartupError
+
+    topics = args.topics or list(DEFAULT_TOPICS)
+    with cli_ros() as stop:
+        try:
+            node = _node_class()(output=str(args.out), topics=topics, all_topics=args.all,
+                                 storage=args.storage, flush_period_s=args.flush_period)
+        except StartupError as exc:
+            print(f'vla-align record: {exc}', file=sys.stderr)
+            return 2
+        try:
+            print(f'recording {"all topics" if args.all else " ".join(topics)} to {args.out} '
+                  f'(Ctrl-C to stop)', flush=True)
+            spin_until_stopped(node, stop, args.duration)
+        finally:
+            stats = node.recorder.stats
+            node.destroy_node()
     print(stats.table())
     print(f'{sum(stats.written.values())} messages written to {stats.path}'
           + (f'; {stats.lost} NOT written ({stats.error})' if stats.lost or stats.error else ''))
     return 1 if stats.lost or stats.error else 0
+
+
+def _usage_error(message: str) -> int:
+    print(f'vla-align record: {message}', file=sys.stderr)
+    return 2
 
 
 if __name__ == '__main__':
