@@ -126,6 +126,57 @@ def test_lockstep_sim_steps_once_per_action_and_waits_without_one(ros_context, s
         sim.destroy_node()
 
 
+def test_lockstep_sim_with_servo_input_steps_once_per_first_twist(ros_context, spin,
+                                                                  reach_seeds):
+    """Servo input in lockstep: the first twist after an observation answers it (a second one
+    before the next observation is not applied), with the gripper command in force. At 2 ticks
+    per second a twist waits up to 0.5 s for its step: in lockstep its age is judged at its
+    arrival, so it is not stale (Servo's 0.1 s timeout)."""
+    from geometry_msgs.msg import PoseStamped, TwistStamped
+    from rclpy.qos import QoSProfile
+    from std_msgs.msg import Float64MultiArray, Header
+
+    sim = SimNode(context=ros_context, parameter_overrides=[
+        Parameter('episode_list', value=[f'seen:reach:{reach_seeds[1]}']),
+        Parameter('command_input', value='servo'), Parameter('lockstep', value=True),
+        Parameter('tick_rate', value=2.0), Parameter('action_timeout_s', value=60.0),
+        Parameter('wait_for_policy', value=False)])
+    probe = _Probe(ros_context)
+    twists = probe.node.create_publisher(TwistStamped, topics.SERVO_TWIST, QoSProfile(depth=1))
+    gripper = probe.node.create_publisher(Float64MultiArray, topics.GRIPPER_COMMAND,
+                                          QoSProfile(depth=1))
+    poses = []
+    probe.node.create_subscription(PoseStamped, topics.EE_POSE, poses.append, qos.DEFAULT)
+    nodes = [sim, probe.node]
+
+    def twist(vx):
+        msg = TwistStamped(header=Header(stamp=probe.node.get_clock().now().to_msg(),
+                                         frame_id='panda_link0'))
+        msg.twist.linear.x = vx
+        return msg
+
+    try:
+        assert spin(nodes, 8.0, until=lambda: probe.frames >= 2)
+        gripper.publish(Float64MultiArray(data=[0.0]))  # close, held from now on
+        spin(nodes, 1.2)
+        assert (probe.step, probe.frames, len(poses)) == (0, 2, 2)  # no twist: no step
+        for expected in (1, 2, 3):
+            start_x = poses[-1].pose.position.x
+            twists.publish(twist(0.2))  # the answer: +2 cm at 10 Hz
+            spin(nodes, 0.1)
+            twists.publish(twist(-0.2))  # after the answer: not applied
+            assert spin(nodes, 3.0, until=lambda e=expected: probe.step == e
+                        and probe.frames == len(poses) == e + 2)  # each frame with its pose
+            assert poses[-1].pose.position.x > start_x + 0.002  # the first twist moved it
+        spin(nodes, 1.2)
+        assert (probe.step, probe.frames) == (3, 5)  # the late twists answered nothing
+        assert sim._env.controller.gripper == 1.0  # the gripper command in force was applied
+        assert sim._stats['twists_applied'] == 3 and sim._stats['stale_commands'] == 0
+    finally:
+        probe.node.destroy_node()
+        sim.destroy_node()
+
+
 # -- agreement -----------------------------------------------------------------------------------
 def _record(seed: int, success: bool, steps: int, error=None) -> EpisodeRecord:
     return EpisodeRecord('seen', 'reach', seed, seed, success=success, steps=steps, error=error)

@@ -140,19 +140,25 @@ def test_every_argument_sets_a_declared_scalar_parameter_of_its_type(
     from vla_align.ros import record
     from vla_align.ros.bag_player_node import BagPlayerNode
     from vla_align.ros.camera_node import CameraNode
+    from vla_align.ros.episode_recorder import EpisodeRecorderNode
     from vla_align.ros.instruction_node import InstructionNode
     from vla_align.ros.policy_node import PolicyNode
+    from vla_align.ros.scripted_operator import ScriptedOperator
     from vla_align.ros.sim_node import SimNode
+    from vla_align.ros.teleop_node import TeleopNode
 
     cv2.imwrite(str(tmp_path / 'frame.png'), np.zeros((8, 8, 3), np.uint8))
     write_episode_bag(varied_episode(0, steps=2), tmp_path / 'bag')
     needed = {'camera_node': {'source': str(tmp_path)},
               'policy_node': {'source': 'expert'},
               'bag_player_node': {'bag': str(tmp_path / 'bag')},
-              'record': {'output': str(tmp_path / 'recording')}}
+              'record': {'output': str(tmp_path / 'recording')},
+              'episode_recorder': {'output_dir': str(tmp_path / 'episodes')}}
     classes = {'sim_node': SimNode, 'camera_node': CameraNode,
                'instruction_node': InstructionNode, 'policy_node': PolicyNode,
-               'bag_player_node': BagPlayerNode, 'record': record._node_class()}
+               'bag_player_node': BagPlayerNode, 'record': record._node_class(),
+               'episode_recorder': EpisodeRecorderNode, 'scripted_operator': ScriptedOperator,
+               'teleop_node': TeleopNode}
     overrides = [Parameter(k, value=v) for k, v in needed.get(node_name, {}).items()]
     node = classes[node_name](context=ros_context, parameter_overrides=overrides)
     try:

@@ -1,6 +1,7 @@
 """The nodes over real DDS, in this process: topics, layouts, safety holds, parameter checks."""
 import math
 from pathlib import Path
+import time
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
@@ -10,7 +11,7 @@ import pytest
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Float32, Float32MultiArray, String
+from std_msgs.msg import Float32, Float32MultiArray, Header, String
 
 from vla_align.actions import ACTION_LAYOUT_LABEL, ActionLimits
 from vla_align.ros import qos, topics
@@ -196,6 +197,8 @@ def test_every_instruction_message_starts_a_task_and_holds_keep_no_old_gripper(r
         robot(0.08)
         spin(nodes, 0.1)
     probe.instruction_pub.publish(String(data='lift the red block'))
+    spin(nodes, 2.0, until=lambda: policy._instruction == 'lift the red block')
+    spin(nodes, 0.12)  # a hold decided before the instruction arrived may still be in flight
     probe.actions.clear()
     for _ in range(6):
         robot(0.08)
@@ -504,6 +507,149 @@ def test_sim_node_starts_episodes_on_request_and_applies_actions(ros_context, sp
     spin(nodes, 0.3)
     assert got['pose'][-1].pose.position.x < start_x - 0.05  # 8 x 3 cm requested, IK lags
     assert got['status'][-1]['step'] >= 8
+    sim.destroy_node()
+
+
+class ServoCell:
+    """A test node driving the sim node as a real cell is driven: Servo twists, gripper
+    commands; it records the pose, the joint states, the statuses and the diagnostics."""
+
+    def __init__(self, context):
+        import json
+
+        from rclpy.qos import QoSProfile
+        from std_msgs.msg import Float64MultiArray
+
+        self.node = Node('servo_cell', context=context)
+        reliable_last = QoSProfile(depth=1)  # reliable, keep last 1, as a Servo client
+        self.twists = self.node.create_publisher(TwistStamped, topics.SERVO_TWIST,
+                                                 reliable_last)
+        self.gripper = self.node.create_publisher(Float64MultiArray, topics.GRIPPER_COMMAND,
+                                                  reliable_last)
+        self.poses, self.joints, self.diagnostics, self.statuses = [], [], [], []
+        self.node.create_subscription(PoseStamped, topics.EE_POSE, self.poses.append,
+                                      qos.DEFAULT)
+        self.node.create_subscription(JointState, topics.JOINT_STATES, self.joints.append,
+                                      qos.DEFAULT)
+        self.node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS,
+                                      self.diagnostics.append, qos.DEFAULT)
+        self.node.create_subscription(String, topics.EPISODE_STATUS,
+                                      lambda m: self.statuses.append(json.loads(m.data)),
+                                      qos.EPISODE_STATUS)
+
+    def twist(self, vx, age_s=0.0, frame='panda_link0'):
+        from rclpy.duration import Duration
+
+        stamp = self.node.get_clock().now() - Duration(nanoseconds=int(age_s * 1e9))
+        msg = TwistStamped(header=Header(stamp=stamp.to_msg(), frame_id=frame))
+        msg.twist.linear.x = vx
+        return msg
+
+    def position(self):
+        p = self.poses[-1].pose.position
+        return np.array([p.x, p.y, p.z])
+
+    def fingers(self):
+        names = list(self.joints[-1].name)
+        return [self.joints[-1].position[names.index(f'panda_finger_joint{i}')] for i in (1, 2)]
+
+    def values(self):
+        return {kv.key: kv.value for kv in self.diagnostics[-1].status[0].values}
+
+
+def test_sim_node_obeys_servo_twists_and_gripper_commands_as_a_real_cell(ros_context, spin,
+                                                                        capfd):
+    from std_msgs.msg import Float64MultiArray
+
+    from vla_align.ros.sim_node import SimNode
+
+    sim = SimNode(context=ros_context, parameter_overrides=[
+        Parameter('command_input', value='servo'), Parameter('family', value='stack'),
+        Parameter('max_steps', value=100000), Parameter('auto_reset', value=False),
+        Parameter('image_width', value=32), Parameter('image_height', value=32),
+        Parameter('diagnostics_period_s', value=0.1),
+        Parameter('instruction_handshake', value=False)])  # alone, no instruction node
+    cell = ServoCell(ros_context)
+    nodes = [sim, cell.node]
+    assert sim.count_subscribers(topics.ACTION) == 0  # /vla/action is not obeyed
+    assert spin(nodes, 10.0, until=lambda: len(cell.poses) > 3 and cell.diagnostics)
+    assert cell.values()['command_input'] == 'servo'
+
+    def stream(seconds, **twist):
+        """Publish at 20 Hz (as a teleop or policy node streams); returns the time it took."""
+        began = time.monotonic()
+        for _ in range(int(seconds * 20)):
+            cell.twists.publish(cell.twist(**twist))
+            spin(nodes, 0.05)
+        return time.monotonic() - began
+
+    def fresh_values():
+        count = len(cell.diagnostics)
+        assert spin(nodes, 2.0, until=lambda: len(cell.diagnostics) > count)
+        return cell.values()
+
+    # Streamed twists move the hand at their speed.
+    speed = 0.05
+    start = cell.position()
+    seconds = stream(2.0, vx=speed)
+    spin(nodes, 0.5)  # past the timeout: the arm halts; IK catches up
+    moved = cell.position() - start
+    assert 0.7 * speed * seconds < moved[0] < 1.2 * speed * seconds, (moved, seconds)
+    assert np.all(np.abs(moved[1:]) < 0.01), moved
+    applied = int(fresh_values()['twists_applied'])
+    assert 0.8 * seconds * 10 <= applied <= seconds * 10 + 2  # one per 10 Hz step
+    # Nothing published: the hand stays put, and no twist is counted as stale for it.
+    halted = cell.position()
+    spin(nodes, 1.0)
+    assert np.linalg.norm(cell.position() - halted) < 0.002
+    values = fresh_values()
+    assert int(values['twists_applied']) == applied and values['stale_commands'] == '0'
+    assert int(values['holds_applied']) >= 8
+
+    # A twist stamped 0.5 s ago is stale (Servo's 0.1 s timeout): never applied, counted.
+    before = cell.position()
+    stream(1.0, vx=speed, age_s=0.5)
+    spin(nodes, 0.3)
+    assert np.linalg.norm(cell.position() - before) < 0.002
+    values = fresh_values()
+    assert int(values['twists_applied']) == applied
+    assert int(values['stale_commands']) >= 5
+    # A twist in another frame is refused (the stand-in does not transform), and counted.
+    stream(0.5, vx=speed, frame='panda_hand')
+    spin(nodes, 0.3)
+    assert np.linalg.norm(cell.position() - before) < 0.002
+    values = fresh_values()
+    assert int(values['twists_applied']) == applied
+    assert int(values['refused_commands']) >= 5 and 'twist frame' in values['bad_commands']
+    assert cell.diagnostics[-1].status[0].level == b'\x01'  # WARN
+    # Non-finite twists and gripper commands that are not one finite value: refused too.
+    refused = int(values['refused_commands'])
+    stream(0.25, vx=math.nan)
+    for data in ([], [0.0, 0.0], [math.nan]):
+        cell.gripper.publish(Float64MultiArray(data=data))
+        spin(nodes, 0.1)
+    spin(nodes, 0.3)
+    assert np.linalg.norm(cell.position() - before) < 0.002
+    values = fresh_values()
+    assert int(values['refused_commands']) >= refused + 5 + 2
+    assert 'gripper command' in values['bad_commands'] and float(values['gripper_command']) == 0.0
+    lines = [line for line in capfd.readouterr().err.splitlines() if '[sim_node]' in line]
+    for kind in ('stale twist', 'twist frame'):  # one line each, not one per message
+        assert sum(f'bad {kind} message' in line for line in lines) == 1, lines
+
+    # The gripper follows the finger position commanded, and holds it.
+    opened = cell.fingers()
+    assert min(opened) > 0.03
+    cell.gripper.publish(Float64MultiArray(data=[0.0]))
+    assert spin(nodes, 4.0, until=lambda: max(cell.fingers()) < 0.005), cell.fingers()
+    assert float(fresh_values()['gripper_command']) == 1.0
+    spin(nodes, 0.5)
+    assert max(cell.fingers()) < 0.005  # held without a new command
+    cell.gripper.publish(Float64MultiArray(data=[0.04]))
+    assert spin(nodes, 4.0, until=lambda: min(cell.fingers()) > 0.035), cell.fingers()
+    assert float(fresh_values()['gripper_command']) == 0.0
+    assert {s['episode'] for s in cell.statuses} == {0}  # all of it in one episode
+    cell.node.destroy_node()
     sim.destroy_node()
 
 

@@ -1,19 +1,49 @@
-"""sim_node: the PyBullet world standing in for a robot and its camera.
+"""sim_node: the PyBullet world standing in for a robot cell (arm driver, MoveIt Servo, gripper
+controller, camera).
 
-Every control period (``control_rate``) it applies the newest action received on /vla/action
-since the previous period (each action is applied once; a period without a new action applies
-a hold: zero motion, gripper unchanged), steps the physics, and publishes what a robot would:
-/camera/image_raw + /camera/camera_info (sensor QoS), /joint_states and /vla/ee_pose. It also
-sends each episode's instruction where a person or a task planner would, to the instruction
-node's input /vla/instruction_in, and publishes a JSON ``episode_status.EpisodeStatus`` on
-/vla/episode_status (privileged: for scoring only).
+What a real cell offers, and so the stand-in too (every name a default; remap as on a robot):
+
+- out: /camera/image_raw + /camera/camera_info (sensor QoS), as a camera driver; /joint_states
+  (the seven arm joints and both finger joints, as the arm driver and the hand's joint state
+  broadcaster); /vla/ee_pose, geometry_msgs/PoseStamped of the grasp point in ``base_frame``
+  (what TF from the base to the hand would give).
+- in, ``command_input: servo``: geometry_msgs/TwistStamped on /servo_node/delta_twist_cmds,
+  MoveIt Servo's input, and std_msgs/Float64MultiArray on /panda_hand_controller/commands, a
+  forward command controller's input (``data = [finger position in m]``, from
+  ``gripper_open_position`` 0.04 to ``gripper_closed_position`` 0.0, mapped linearly to the
+  gripper value 0 open .. 1 closed and clipped). Both subscriptions: reliable, keep last 1.
+  Each control step applies the newest twist x ``1 / control_rate`` (m, and droll, dpitch,
+  dyaw increments as /vla/action applies them) for as long as it is fresh, as Servo does: a
+  twist whose header.stamp is more than ``incoming_command_timeout_s`` (0.1 s, Servo's
+  default) old at the step is not applied and the arm halts; a zero stamp (``ros2 topic pub``
+  without one) counts as the arrival time; a stamp more than the timeout in the future is
+  refused too. A twist that was never applied because it was already stale counts in
+  ``stale_commands`` (the first logged, then at most one line per 10 s); a twist that simply
+  aged out after being applied is the ordinary halt of a stopped stream. A twist in another
+  frame than ``base_frame`` (empty = the base frame; the stand-in does not transform), with
+  non-finite values, or a gripper command that is not exactly one finite value is refused
+  (``refused_commands``, logged once per 10 s) and changes nothing. The gripper holds its last
+  command. /vla/action is not subscribed in this mode.
+- in, ``command_input: action`` (default for now): std_msgs/Float32MultiArray 7-DoF actions on
+  /vla/action. Every control period the newest action received since the previous period is
+  applied once; a period without one applies a hold (zero motion, gripper unchanged).
+
+Whatever the input, the controller's per-step action and speed limits and its hand workspace
+box (``vla_align.sim.controller``) bound the motion, and a refused command never moves
+anything.
+
+Privileged (simulation only; a real cell has no such topics, used for scoring and the expert
+relay): the JSON ``episode_status.EpisodeStatus`` on /vla/episode_status and the scripted
+expert's suggestion on /vla/expert_action. The node also sends each episode's instruction where
+a person or a task planner would, to the instruction node's input /vla/instruction_in.
 
 Episode boundaries (``instruction_handshake``, on by default): a new episode's first frame is
 published only once its instruction is back on /vla/instruction (the instruction node's latched
-output, which the policy reads too), and actions received before that frame are discarded. So
-the policy never acts on the new scene with the previous task's instruction, and nothing the
-policy decided for the previous episode (a closed gripper, say) is applied to the next one:
-the free-running graph runs each episode as in-process evaluation does.
+output, which the policy reads too), and commands (actions, or twists and gripper commands)
+received before that frame are discarded. So the policy never acts on the new scene with the
+previous task's instruction, and nothing the policy decided for the previous episode (a closed
+gripper, say) is applied to the next one: the free-running graph runs each episode as
+in-process evaluation does.
 
 Episodes come from the task suite: ``(family, split, seed)`` -> task; the seed starts at the
 ``seed`` parameter and increases by one per episode; ``family: all`` cycles through the task
@@ -36,6 +66,10 @@ For evaluation (``vla-align eval-sim --via-ros``):
   same actions" from "does it keep up". The final observation of an episode is not published
   (no action can answer it). The policy node's frame pacing
   (its ``control_rate``) must be faster than the tick rate, or frames go unanswered.
+  With ``command_input: servo`` the answer is the first twist received after the observation,
+  applied once with the gripper command in force at that step; as the world waits, its age is
+  judged at its arrival, not at the step (a twist already stale on arrival answers with a
+  hold and is counted).
 """
 from __future__ import annotations
 
@@ -45,14 +79,15 @@ import time
 from typing import Optional
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Float32MultiArray, String
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from vla_align.actions import hold_action
@@ -78,6 +113,18 @@ from vla_align.ros.params import (
     declare_str,
 )
 from vla_align.ros.runner import run_node
+from vla_align.ros.safety import BadInputLog
+from vla_align.ros.servo_input import (
+    PANDA_FINGER_CLOSED_M,
+    PANDA_FINGER_OPEN_M,
+    SERVO_COMMAND_TIMEOUT_S,
+    CommandRefused,
+    TwistCommand,
+    gripper_closure,
+    read_twist,
+    stamp_problem,
+    twist_action,
+)
 from vla_align.sim.types import PANDA_JOINT_NAMES, SPLITS, TASK_FAMILIES, Observation
 
 NODE_NAME = 'sim_node'
@@ -90,6 +137,14 @@ WARMUP_RESEND_S = 0.5
 #: a warning says so after INSTRUCTION_WAIT_WARNING_S.
 INSTRUCTION_RESEND_S = 0.5
 INSTRUCTION_WAIT_WARNING_S = 5.0
+COMMAND_INPUTS = ('action', 'servo')
+#: Servo twist and gripper command inputs (DESIGN.md section 3): reliable, keep last 1. Local
+#: until qos.py gains a SERVO_COMMANDS profile.
+SERVO_COMMANDS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+                            reliability=QoSReliabilityPolicy.RELIABLE,
+                            durability=QoSDurabilityPolicy.VOLATILE)
+#: Refused and stale commands: the first of a kind is logged, then at most one line per period.
+BAD_COMMAND_LOG_PERIOD_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +186,8 @@ class SimNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         # First: destroy_node runs even after a failed start.
         self._env = None
-        self._stats = {'actions_applied': 0, 'holds_applied': 0, 'invalid_actions': 0,
+        self._stats = {'actions_applied': 0, 'twists_applied': 0, 'holds_applied': 0,
+                       'invalid_actions': 0, 'refused_commands': 0, 'stale_commands': 0,
                        'action_timeouts': 0, 'episodes_finished': 0, 'successes': 0,
                        'plan_finished': 0}
         self.family = declare_str(self, 'family', 'all',
@@ -139,8 +195,12 @@ class SimNode(Node):
                                   ('all', *TASK_FAMILIES))
         self.split = declare_str(self, 'split', 'seen', 'evaluation split of the tasks', SPLITS)
         seed = declare_int(self, 'seed', -1,
-                           'seed of the first episode, +1 per episode (-1: the first '
-                           'evaluation seed of the split, never a training seed)', -1, 2 ** 31)
+                           'seed of the first episode, +1 per episode (-1: the first seed of '
+                           'the split for seed_purpose)', -1, 2 ** 31)
+        seed_purpose = declare_str(self, 'seed_purpose', 'eval',
+                                   'which seeds seed -1 starts from: eval (evaluation, never '
+                                   'trained on) or train (recording demonstrations)',
+                                   ('eval', 'train'))
         suite_path = declare_str(self, 'suite', '',
                                  'task-suite YAML file (empty: the packaged default suite)')
         control_rate = declare_float(self, 'control_rate', 10.0,
@@ -183,12 +243,37 @@ class SimNode(Node):
             '(relayed by the instruction node), so the policy never acts on the new scene with '
             'the previous instruction; false: start at once')
         self.base_frame = declare_str(self, 'base_frame', 'panda_link0',
-                                      'frame_id of /vla/ee_pose (the robot base)')
+                                      'frame_id of /vla/ee_pose (the robot base), and the only '
+                                      'frame servo twists may be given in')
+        self.command_input = declare_str(
+            self, 'command_input', 'action',
+            'what moves the robot: action (7-DoF deltas on /vla/action) or servo (as a real '
+            f'cell: TwistStamped on {topics.SERVO_TWIST}, finger position on '
+            f'{topics.GRIPPER_COMMAND})', COMMAND_INPUTS)
+        self.command_timeout_s = declare_float(
+            self, 'incoming_command_timeout_s', SERVO_COMMAND_TIMEOUT_S,
+            "servo: a twist stamped longer ago than this (or further ahead) is not applied and "
+            "the arm halts (s; MoveIt Servo's incoming_command_timeout)", 0.001, 60.0)
+        self.gripper_open_position = declare_float(
+            self, 'gripper_open_position', PANDA_FINGER_OPEN_M,
+            'servo: finger position (m) of a gripper command that opens fully', -1.0, 1.0)
+        self.gripper_closed_position = declare_float(
+            self, 'gripper_closed_position', PANDA_FINGER_CLOSED_M,
+            'servo: finger position (m) of a gripper command that closes fully', -1.0, 1.0)
+        if self.gripper_open_position == self.gripper_closed_position:
+            raise ParameterConfigError(
+                f'{NODE_NAME}: gripper_open_position and gripper_closed_position are both '
+                f'{self.gripper_open_position:g}; they must differ')
+        self.servo = self.command_input == 'servo'
         diagnostics_period = declare_float(self, 'diagnostics_period_s', 1.0,
                                            'period of /diagnostics messages (s)', 0.05, 60.0)
         self._env, self._suite = self._make_world(control_rate, width, height, max_steps,
                                                   suite_path)
-        self.first_seed = seed if seed >= 0 else self._suite.seeds(self.split, 'eval', 1)[0]
+        try:
+            self.first_seed = (seed if seed >= 0
+                               else self._suite.seeds(self.split, seed_purpose, 1)[0])
+        except ValueError as exc:
+            raise StartupError(f'{NODE_NAME}: {exc}') from None
         self._planned = self._check_episode_list(episode_list)
 
         # Episode state.
@@ -206,7 +291,14 @@ class SimNode(Node):
         # Newest action, written by the subscription callback.
         self._action: Optional[np.ndarray] = None
         self._gripper = 0.0
-        self._invalid_reported = False
+        # Servo input: the newest twist (lockstep: the first after the observation), whether it
+        # was judged fresh or stale at its first step, and the gripper command in force (None:
+        # none this episode, the gripper stays as it is).
+        self._twist: Optional[TwistCommand] = None
+        self._twist_verdict: Optional[bool] = None  # None: not judged yet; True: usable
+        self._gripper_command: Optional[float] = None
+        self._bad_commands = BadInputLog(BAD_COMMAND_LOG_PERIOD_S)
+        self._control_rate = control_rate
         self._step_rate = RateMeter()
         # Lockstep: when the observation awaiting its action was published (None: none awaits).
         self._awaiting_since: Optional[float] = None
@@ -236,8 +328,14 @@ class SimNode(Node):
                                                   qos.COMMANDS) if self.publish_expert else None)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS,
                                                       qos.DEFAULT)
-        self._action_sub = self.create_subscription(Float32MultiArray, topics.ACTION,
-                                                    self._on_action, qos.COMMANDS)
+        if self.servo:
+            self._command_sub = self.create_subscription(TwistStamped, topics.SERVO_TWIST,
+                                                         self._on_twist, SERVO_COMMANDS)
+            self.create_subscription(Float64MultiArray, topics.GRIPPER_COMMAND,
+                                     self._on_gripper_command, SERVO_COMMANDS)
+        else:
+            self._command_sub = self.create_subscription(Float32MultiArray, topics.ACTION,
+                                                         self._on_action, qos.COMMANDS)
         self._waiting_reported = False
         self.create_service(Trigger, topics.RESET_EPISODE, self._on_reset_request)
         tick_rate = tick_rate or control_rate
@@ -245,10 +343,13 @@ class SimNode(Node):
         self._diagnostics_timer = self.create_timer(diagnostics_period, self._publish_diagnostics)
         plan = (f'{len(self._planned)} listed episodes' if self._planned else
                 f'{self.family} / {self.split} from seed {self.first_seed}')
+        commands = (f'servo twists on {self._command_sub.topic_name} (timeout '
+                    f'{self.command_timeout_s:g} s, frame {self.base_frame})' if self.servo
+                    else f'actions on {self._command_sub.topic_name}')
         self.get_logger().info(f'simulating {plan} at {control_rate:g} Hz ({tick_rate:g} ticks '
                                f'per second{", lockstep" if self.lockstep else ""}), '
-                               f'{width}x{height} images' + (', publishing expert actions'
-                                                              if self.publish_expert else ''))
+                               f'{width}x{height} images, obeying {commands}'
+                               + (', publishing expert actions' if self.publish_expert else ''))
 
     def _declare_episode_list(self) -> list[str]:
         # Typed explicitly: an empty default would make rclpy expect a byte array.
@@ -300,12 +401,38 @@ class SimNode(Node):
             action = multiarray_to_action(msg)
         except ValueError as exc:
             self._stats['invalid_actions'] += 1
-            if not self._invalid_reported:
-                self.get_logger().warning(f'ignoring invalid action message: {exc}')
-                self._invalid_reported = True
+            self._log_bad_command('action', str(exc))
             return
         self._action = action
         self._last_action_at = time.monotonic()
+
+    def _on_twist(self, msg: TwistStamped) -> None:
+        try:
+            twist = read_twist(msg, self.base_frame, self._ros_now())
+        except CommandRefused as exc:
+            self._stats['refused_commands'] += 1
+            self._log_bad_command(exc.kind, str(exc))
+            return
+        self._last_action_at = time.monotonic()
+        if self.lockstep and self._twist is not None:
+            return  # the first twist after the observation answers it
+        self._twist, self._twist_verdict = twist, None
+
+    def _on_gripper_command(self, msg: Float64MultiArray) -> None:
+        try:
+            self._gripper_command = gripper_closure(msg, self.gripper_open_position,
+                                                    self.gripper_closed_position)
+        except CommandRefused as exc:
+            self._stats['refused_commands'] += 1
+            self._log_bad_command(exc.kind, str(exc))
+
+    def _log_bad_command(self, kind: str, reason: str) -> None:
+        line = self._bad_commands.report(kind, reason, time.monotonic())
+        if line is not None:
+            self.get_logger().warning(line)
+
+    def _ros_now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_instruction_echo(self, msg: String) -> None:
         self._echo = (msg.data, time.monotonic())
@@ -339,7 +466,7 @@ class SimNode(Node):
             if not self._instruction_arrived(now):
                 return
             self._instruction_sent_at = None
-            self._action = None  # only answers to this episode's frames are applied
+            self._clear_commands()  # only answers to this episode's frames are applied
             if self.lockstep:
                 self._publish_lockstep_observation(now)
             else:
@@ -364,8 +491,12 @@ class SimNode(Node):
         any instruction (the policy answers with a hold that changes nothing), and the
         episode starts when no action has come for ``WARMUP_QUIET_S``. The warm-up frame is
         sent again every ``WARMUP_RESEND_S`` until then: if it was lost, the policy would hold
-        ('no image yet') forever and the episode would never start.
+        ('no image yet') forever and the episode would never start. Quiet is checked first, so
+        a tick period of ``WARMUP_RESEND_S`` or more (tick_rate <= 2) still starts.
         """
+        if (self._warmup_since is not None
+                and now - max(self._last_action_at, self._warmup_since) >= WARMUP_QUIET_S):
+            return True
         if self._warmup_since is None or now - self._warmup_since >= WARMUP_RESEND_S:
             planned = self._episode_task(0)
             try:
@@ -376,8 +507,7 @@ class SimNode(Node):
             self._publish_observation()
             self._obs = None
             self._warmup_since = now
-            return False
-        return now - max(self._last_action_at, self._warmup_since) >= WARMUP_QUIET_S
+        return False
 
     def _instruction_arrived(self, now: float) -> bool:
         """Has this episode's instruction come back on /vla/instruction? Sends it again every
@@ -400,11 +530,18 @@ class SimNode(Node):
                 f'instruction_handshake: false)')
         return False
 
+    def _clear_commands(self) -> None:
+        """Forget the commands received so far (the gripper command too: a new episode starts
+        with the gripper as the reset left it)."""
+        self._action = None
+        self._twist, self._twist_verdict = None, None
+        self._gripper_command = None
+
     def _ready_to_step(self, now: float) -> bool:
         """Lockstep: has the action answering the published observation come (or timed out)?"""
         if self._awaiting_since is None:
             return False
-        if self._action is not None:
+        if (self._twist if self.servo else self._action) is not None:
             return True
         if now - self._awaiting_since < self.action_timeout_s:
             return False
@@ -417,7 +554,9 @@ class SimNode(Node):
         """Publish the newest observation once; the next action received answers it."""
         if self._obs is None:
             return
-        self._action = None  # anything received before this observation answers an older one
+        # Anything received before this observation answers an older one.
+        self._action = None
+        self._twist, self._twist_verdict = None, None
         self._awaiting_since = None if self._done else now
         self._publish_observation()
 
@@ -431,12 +570,12 @@ class SimNode(Node):
         return True
 
     def _policy_ready(self) -> bool:
-        """Before the first episode: is someone publishing actions (if we wait for that)?"""
-        if not self.wait_for_policy or self.count_publishers(self._action_sub.topic_name) > 0:
+        """Before the first episode: is someone publishing commands (if we wait for that)?"""
+        if not self.wait_for_policy or self.count_publishers(self._command_sub.topic_name) > 0:
             return True
         if not self._waiting_reported:
             self.get_logger().info(f'waiting for a policy to publish on '
-                                   f'{self._action_sub.topic_name} before the first episode')
+                                   f'{self._command_sub.topic_name} before the first episode')
             self._waiting_reported = True
         return False
 
@@ -455,7 +594,8 @@ class SimNode(Node):
             return False
         self._task_family, self._instruction = family, task.instruction
         self._step, self._success, self._done, self._done_at = 0, False, False, None
-        self._action, self._gripper = None, float(self._obs.gripper)
+        self._clear_commands()
+        self._gripper = float(self._obs.gripper)
         self._instruction_pub.publish(String(data=self._instruction))
         self._instruction_sent_at = self._instruction_first_sent_at = now
         self._instruction_wait_reported = False
@@ -473,12 +613,16 @@ class SimNode(Node):
         return PlannedEpisode(self.split, family, self.first_seed + episode)
 
     def _advance(self, now: float) -> None:
-        action, self._action = self._action, None
-        if action is None:
-            action = hold_action(self._gripper)
-            self._stats['holds_applied'] += 1
+        if self.servo:
+            action = self._servo_action()
+            counter = 'twists_applied'
         else:
-            self._stats['actions_applied'] += 1
+            action, self._action = self._action, None
+            counter = 'actions_applied'
+        if action is None:
+            action = hold_action(self._gripper_in_force())
+            counter = 'holds_applied'
+        self._stats[counter] += 1
         result = self._env.step(action)
         self._obs = result.observation
         self._gripper = float(result.observation.gripper)
@@ -493,6 +637,35 @@ class SimNode(Node):
             self.get_logger().info(f'episode {self._episode} {outcome} after {self._step} '
                                    f'steps')
         self._publish_status()
+
+    def _gripper_in_force(self) -> float:
+        """The servo gripper command in force, else the gripper as it is (0 open .. 1 closed)."""
+        return self._gripper if self._gripper_command is None else self._gripper_command
+
+    def _servo_action(self) -> Optional[np.ndarray]:
+        """This step's action from the newest twist, or None (halt) when there is no usable one.
+
+        A twist is judged once, at its first step: stale (or from the future) then, it is never
+        applied and counted; fresh, it is applied at every step until it is too old (the
+        ordinary halt when a stream stops). Lockstep consumes it (one step per answer) and
+        judges its age at arrival, as the world waited for it.
+        """
+        twist = self._twist
+        if twist is None:
+            return None
+        if self.lockstep:
+            self._twist = None
+        now = twist.arrival_s if self.lockstep else self._ros_now()
+        problem = stamp_problem(twist, now, self.command_timeout_s)
+        if self._twist_verdict is None:
+            self._twist_verdict = problem is None
+            if problem is not None:
+                self._stats['stale_commands'] += 1
+                self._log_bad_command('stale twist', problem)
+        if not self._twist_verdict or problem is not None:
+            return None
+        return twist_action(twist.velocity, self._gripper_in_force(), self._control_rate,
+                            self._env.config.limits)
 
     def _publish_status(self) -> None:
         status = EpisodeStatus(episode=self._episode, family=self._task_family,
@@ -519,11 +692,18 @@ class SimNode(Node):
     def _publish_diagnostics(self) -> None:
         values = {'episode': self._episode, 'seed': self._seed, 'family': self._task_family,
                   'step': self._step, 'done': self._done,
-                  'step_rate_hz': self._step_rate.rate(time.monotonic()), **self._stats}
+                  'step_rate_hz': self._step_rate.rate(time.monotonic()),
+                  'command_input': self.command_input, **self._stats,
+                  'gripper_command': self._gripper_in_force(),
+                  'bad_commands': self._bad_commands.summary()}
         level = DiagnosticStatus.OK
         message = 'episode finished' if self._done else 'running'
         if self._stats['invalid_actions']:
             level, message = DiagnosticStatus.WARN, f'{message}; invalid actions received'
+        if self._stats['refused_commands']:
+            level, message = DiagnosticStatus.WARN, f'{message}; commands refused'
+        if self._stats['stale_commands']:
+            level, message = DiagnosticStatus.WARN, f'{message}; stale twists received'
         status = diagnostic_status(f'{self.get_name()}: simulator', 'pybullet', level, message,
                                    values)
         self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
