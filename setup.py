@@ -45,6 +45,9 @@ setup(
             'sim_node = vla_align.ros.sim_node:main',
             'bag_player_node = vla_align.ros.bag_player_node:main',
             'record = vla_align.ros.record:main',
+            'episode_recorder = vla_align.ros.episode_recorder:main',
+            'teleop_node = vla_align.ros.teleop_node:main',
+            'scripted_operator = vla_align.ros.scripted_operator:main',
         ],
     },
 )
