@@ -289,7 +289,7 @@ def test_start_end_and_discard_are_refused_with_a_reason(tmp_path, ros_context, 
     from vla_align.ros import qos
 
     out = tmp_path / 'episodes'
-    recorder = make_recorder(ros_context, out)
+    recorder = make_recorder(ros_context, out, require_publishers=False)
     probe = Node('probe', context=ros_context)
     instruction = probe.create_publisher(String, topics.INSTRUCTION, qos.LATCHED)
     nodes = [recorder, probe]
@@ -315,6 +315,41 @@ def test_start_end_and_discard_are_refused_with_a_reason(tmp_path, ros_context, 
     assert [p.name for p in out.iterdir()] == ['episode_0000']
 
 
+def test_no_episode_starts_before_every_contract_topic_has_a_publisher(tmp_path, ros_context,
+                                                                       spin):
+    """CI once recorded a first episode with camera frames only: the pose and command
+    subscriptions were matched a second later, and every frame was dropped as unpaired."""
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    out = tmp_path / 'episodes'
+    recorder = make_recorder(ros_context, out)
+    cell = Cell(ros_context)
+    cell.instruction.publish(String(data='open the drawer'))
+    ready = cell.node.create_client(Trigger, '/episode_recorder/ready')
+    nodes = [recorder, cell.node]
+    call = Services(cell.node, nodes, spin)
+    try:
+        assert spin(nodes, 10, until=lambda: recorder.instruction == 'open the drawer')
+        # The cell's publishers exist only for the image: the rest are not matched.
+        for topic in (POSE, TWIST, GRIPPER):
+            cell.node.destroy_publisher(cell.publishers.pop(topic))
+        assert spin(nodes, 10, until=lambda: recorder.missing_publishers() == sorted(
+            [POSE, TWIST, GRIPPER]))
+        refused = call('start')
+        assert ready.wait_for_service(timeout_sec=5.0)
+        future = ready.call_async(Trigger.Request())
+        assert spin(nodes, 5, until=future.done)
+        not_ready = future.result()
+    finally:
+        recorder.destroy_node()
+        cell.node.destroy_node()
+    assert not refused.success and all(t in refused.message for t in (POSE, TWIST, GRIPPER))
+    assert IMAGE not in refused.message.split('no publisher yet on ')[1]
+    assert not not_ready.success and POSE in not_ready.message
+    assert not out.exists() or not any(out.iterdir()), 'a refused start created an episode'
+
+
 def test_keys_drive_episodes_and_one_running_at_shutdown_is_kept_as_unknown(
         tmp_path, ros_context, spin):
     from rclpy.node import Node
@@ -324,7 +359,8 @@ def test_keys_drive_episodes_and_one_running_at_shutdown_is_kept_as_unknown(
 
     out = tmp_path / 'episodes'
     read_fd, write_fd = os.pipe()
-    recorder = make_recorder(ros_context, out, key_input=read_fd, keyboard=True)
+    recorder = make_recorder(ros_context, out, key_input=read_fd, keyboard=True,
+                             require_publishers=False)
     probe = Node('probe', context=ros_context)
     probe.create_publisher(String, topics.INSTRUCTION, qos.LATCHED).publish(
         String(data='wipe the table'))
@@ -395,9 +431,9 @@ def test_cli_records_episodes_from_keys_and_closes_the_running_one_at_sigterm(
     out = tmp_path / 'episodes'
     process = subprocess.Popen(
         [sys.executable, '-m', 'vla_align.cli', 'record', '--episodes', str(out),
-         '--operator', 'bo', '--keyboard'], cwd=ROOT, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ,
-                                                                   PYTHONPATH=str(ROOT)))
+         '--operator', 'bo', '--keyboard', '--no-require-publishers'], cwd=ROOT,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     node = Node('gripper_publisher', context=ros_context)
     node.create_publisher(String, topics.INSTRUCTION, qos.LATCHED).publish(
         String(data='close the lid'))

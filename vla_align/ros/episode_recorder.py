@@ -17,7 +17,10 @@ folder ``output_dir/episode_NNNN/`` holding those topics from start to end plus 
 control rate, start and end times, message counts): the bag ``data.contract`` reads.
 
 * ``~/start`` (Trigger) starts an episode with the current /vla/instruction (refused without
-  one, or while an episode runs); ``~/end`` (SetBool: true success, false failure) closes it;
+  one, while an episode runs, or -- with ``require_publishers`` -- while a contract topic has
+  no publisher matched to the recorder, so an episode never starts without its pose or
+  commands); ``~/ready`` (Trigger) answers whether every contract topic has one and names
+  those that do not; ``~/end`` (SetBool: true success, false failure) closes it;
   ``~/discard`` (Trigger) stops it and deletes its folder. With ``keyboard`` the node's terminal
   does the same: s start, y success, n failure, d discard, q quit.
 * The services act at once (their answer says whether it worked): starting opens a bag,
@@ -104,6 +107,9 @@ class EpisodeRecorderNode(Node):
         keyboard = declare_bool(self, 'keyboard', False,
                                 'terminal keys: s start, y success, n failure, d discard, '
                                 'q quit')
+        self._require_publishers = declare_bool(
+            self, 'require_publishers', True,
+            'refuse ~/start while a contract topic has no publisher matched to the recorder')
         log_period = declare_float(self, 'log_repeat_period_s', 10.0,
                                    'refused inputs are logged again at most this often (s)',
                                    0.0, 3600.0)
@@ -138,6 +144,7 @@ class EpisodeRecorderNode(Node):
                 self._raw.subscribe(spec.topic, spec.msgtype, spec.kind)
         self._wanted = {spec.topic for spec in specs}
         self.create_service(Trigger, '~/start', self._on_start)
+        self.create_service(Trigger, '~/ready', self._on_ready)
         self.create_service(SetBool, '~/end', self._on_end)
         self.create_service(Trigger, '~/discard', self._on_discard)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS,
@@ -167,6 +174,17 @@ class EpisodeRecorderNode(Node):
     def _on_start(self, _request: Trigger.Request, response: Trigger.Response) -> Any:
         response.success, response.message = self.command(KeyCommand.START)
         return response
+
+    def _on_ready(self, _request: Trigger.Request, response: Trigger.Response) -> Any:
+        missing = self.missing_publishers()
+        response.success = not missing
+        response.message = ('ready: every contract topic has a publisher' if not missing else
+                            f'no publisher yet on {", ".join(missing)}')
+        return response
+
+    def missing_publishers(self) -> list[str]:
+        """Contract topics without a matched publisher (see RawSubscriptions)."""
+        return self._raw.without_publishers(self._wanted)
 
     def _on_end(self, request: SetBool.Request, response: SetBool.Response) -> Any:
         command = KeyCommand.SUCCESS if request.data else KeyCommand.FAILURE
@@ -200,6 +218,11 @@ class EpisodeRecorderNode(Node):
         """Carry out one command; (done, the status line), also logged."""
         try:
             if command == KeyCommand.START:
+                missing = self.missing_publishers() if self._require_publishers else []
+                if missing and not self.session.recording:
+                    raise EpisodeError(f'no publisher yet on {", ".join(missing)}: the episode '
+                                       f'could not be paired (start the drivers, or set '
+                                       f'require_publishers false)')
                 name = self.session.start(self.instruction)
                 ok, line = True, f'{name} recording: {self.session.current_instruction!r}'
             elif command == KeyCommand.QUIT:
@@ -312,7 +335,8 @@ def run_cli(args: argparse.Namespace) -> int:
                  Parameter('robot', value=args.robot), Parameter('operator', value=args.operator),
                  Parameter('storage', value=args.storage),
                  Parameter('flush_period_s', value=float(args.flush_period)),
-                 Parameter('keyboard', value=bool(keyboard))]
+                 Parameter('keyboard', value=bool(keyboard)),
+                 Parameter('require_publishers', value=bool(args.require_publishers))]
     with cli_ros() as stop:
         try:
             node = EpisodeRecorderNode(parameter_overrides=overrides)

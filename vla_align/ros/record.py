@@ -3,7 +3,7 @@
 ::
 
     vla-align record runs/rec                       # the contract topics, until Ctrl-C
-    vla-align record runs/rec --topics /vla/action /vla/ee_twist --duration 30
+    vla-align record runs/rec --topics /vla/action /vla/action_frame --duration 30
     vla-align record runs/rec --all --storage sqlite3
     vla-align record --episodes runs/episodes --contract panda_servo_teleop   # one bag each
 
@@ -67,7 +67,9 @@ CONTRACT_TYPES: dict[str, str] = {
     contract.JOINT_STATES: rm.JOINT_STATE,
     contract.EE_POSE: rm.POSE_STAMPED,
     contract.ACTION: rm.FLOAT32_MULTI_ARRAY,
-    contract.EE_TWIST: 'geometry_msgs/msg/TwistStamped',
+    contract.ACTION_FRAME: 'std_msgs/msg/Header',
+    contract.SERVO_TWIST: 'geometry_msgs/msg/TwistStamped',
+    contract.GRIPPER_COMMAND: 'std_msgs/msg/Float64MultiArray',
     contract.GRIPPER: rm.FLOAT32,
     contract.ALIGNMENT: rm.FLOAT32,
     contract.DIAGNOSTICS: 'diagnostic_msgs/msg/DiagnosticArray',
@@ -79,8 +81,6 @@ DEFAULT_TOPICS: tuple[str, ...] = tuple(t for t in CONTRACT_TYPES if t != contra
 #: its own (``RawSubscriptions.discover``).
 KNOWN_TYPES: dict[str, str] = {
     **CONTRACT_TYPES,
-    contract.SERVO_TWIST: 'geometry_msgs/msg/TwistStamped',
-    contract.GRIPPER_COMMAND: 'std_msgs/msg/Float64MultiArray',
     contract.JOY: 'sensor_msgs/msg/Joy',
     contract.EPISODE_METADATA: rm.STRING,
 }
@@ -330,6 +330,26 @@ class RawSubscriptions:
                 f'not {msgtype} ({kind}); nothing they sent before was received')
             self.subscribe(topic, new_type, offered)
 
+    def without_publishers(self, wanted: Collection[str]) -> list[str]:
+        """The ``wanted`` topics that no publisher is matched with yet (sorted).
+
+        Matched, not merely discovered: DDS matches each reliable endpoint pair on its own, so on
+        a busy machine a recorder can receive camera frames for a second before the pose and
+        the commands of the same episode -- which then cannot be paired and are lost to
+        training. rclpy's ``Subscription.get_publisher_count`` (Iron on) counts matched
+        publishers; older rclpy falls back to the graph's publisher count.
+        """
+        missing = []
+        for topic in wanted:
+            subscription = self._subscriptions.get(topic)
+            if subscription is None:
+                missing.append(topic)
+                continue
+            count = getattr(subscription, 'get_publisher_count', None)
+            if (count() if count is not None else self._node.count_publishers(topic)) == 0:
+                missing.append(topic)
+        return sorted(missing)
+
     def destroy(self) -> None:
         for subscription in self._subscriptions.values():
             self._node.destroy_subscription(subscription)
@@ -437,6 +457,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     episodes.add_argument('--robot', default='',
                           help="robot stored with each episode (default: the contract's)")
     episodes.add_argument('--operator', default='', help='who drives the robot')
+    episodes.add_argument('--require-publishers', action=argparse.BooleanOptionalAction,
+                          default=True,
+                          help='refuse to start an episode while a contract topic has no '
+                               'publisher (default: on)')
     episodes.add_argument('--keyboard', action=argparse.BooleanOptionalAction, default=None,
                           help='keys s start, y success, n failure, d discard, q quit '
                                '(default: on when stdin is a terminal)')

@@ -16,7 +16,8 @@ rising edge) when the suggestion's gripper differs from the gripper the teleop c
 episode's end it lets go of the stick, opens the gripper, and ends the recording with the
 simulator's verdict; when the next episode's instruction appears on /vla/instruction it starts
 the next recording. It asks for the first task (the simulator's /vla/reset_episode) once the
-recorder and the teleop are up, and with ``episodes`` it exits after that many recordings, which
+teleop is up and the recorder says it is ready (``~/ready``: every topic it records has a
+publisher matched to it), and with ``episodes`` it exits after that many recordings, which
 ends the graph. The teleop must be configured as ``axes`` / ``deadman_button`` /
 ``gripper_button`` / ``max_linear_speed`` say (config/teleop_sim_nodes.yaml does).
 """
@@ -107,6 +108,9 @@ class ScriptedOperator(Node):
         self.create_subscription(Float64MultiArray, topics.GRIPPER_COMMAND, self._on_gripper,
                                  qos.SERVO_COMMANDS)
         self._start = self.create_client(Trigger, f'{recorder}/start')
+        self._ready = self.create_client(Trigger, f'{recorder}/ready')
+        self._ready_call = None  # the pending ~/ready call before the first task
+        self._recorder_ready = False
         self._end = self.create_client(SetBool, f'{recorder}/end')
         # The simulator waits for the operator's first 'next task' (start_on_launch false):
         # a person starts the recorder before asking for the first task.
@@ -163,8 +167,9 @@ class ScriptedOperator(Node):
             self.get_logger().info(f'{self._answered} episodes recorded: done')
             raise KeyboardInterrupt  # run_node's clean shutdown; exit status 0 ends the graph
         if not self._began:
-            if (self._start.service_is_ready() and self._next_task.service_is_ready()
-                    and self._gripper_closed is not None):
+            if not self._recorder_ready:
+                self._ask_ready()
+            elif self._next_task.service_is_ready() and self._gripper_closed is not None:
                 self._began = True
                 self._next_task.call_async(Trigger.Request())
             return
@@ -180,6 +185,21 @@ class ScriptedOperator(Node):
             self._recording = True  # the first frame may come before the answer
 
     # -- actions ------------------------------------------------------------------------------
+    def _ask_ready(self) -> None:
+        """Ask the recorder whether it hears every topic it records (once at a time)."""
+        call = self._ready_call
+        if call is not None and not call.done():
+            return
+        if call is not None:
+            result = call.result()
+            self._ready_call = None
+            if result is not None and result.success:
+                self._recorder_ready = True
+                self.get_logger().info(f'recorder ready: {result.message}')
+                return
+        if self._ready.service_is_ready():
+            self._ready_call = self._ready.call_async(Trigger.Request())
+
     def _started(self, future) -> None:
         result = future.result()
         if result is None or not result.success:
