@@ -12,7 +12,7 @@ from vla_align.data import ros_messages as rm
 from vla_align.data.bag_io import write_episode_bag
 from vla_align.data.bag_source import (
     COMPRESSED_IMAGE,
-    TWIST_STAMPED,
+    HEADER,
     BagSourceError,
     SourceTopics,
     find_bags,
@@ -203,17 +203,13 @@ def test_corrupt_messages_are_counted_and_skipped(tmp_path, rng):
     assert frames.scorable.sum() == 2
 
 
-def test_policy_recording_is_matched_to_frames_by_twist_stamp(tmp_path, rng):
+def test_policy_recording_is_matched_to_frames_by_the_action_frame_header(tmp_path, rng):
     episode = synthetic_episode(rng, steps=4)
     write_episode_bag(episode, tmp_path / 'bag')
     frames = read_bag_frames(tmp_path / 'bag')
-    twist = rm.TYPESTORE.types[TWIST_STAMPED]
-    zero = rm.TYPESTORE.types['geometry_msgs/msg/Twist'](
-        linear=rm.TYPESTORE.types['geometry_msgs/msg/Vector3'](x=0.0, y=0.0, z=0.0),
-        angular=rm.TYPESTORE.types['geometry_msgs/msg/Vector3'](x=0.0, y=0.0, z=0.0))
     received = 5_000_000_000
     messages = []
-    # A hold (stamped with the current time), then answers to frames 2 and 0.
+    # A hold (stamped with the current time, frame 'hold'), then answers to frames 2 and 0.
     for k, (frame, value) in enumerate([(None, 0.0), (2, 0.2), (0, 0.4)]):
         stamp = received if frame is None else int(frames.header_stamps_ns[frame])
         t = received + k * STEP_NS
@@ -222,12 +218,12 @@ def test_policy_recording_is_matched_to_frames_by_twist_stamp(tmp_path, rng):
                              image_msg(episode.images[frame], stamp, 'rgb8')))
         messages.append(('/vla/action', rm.FLOAT32_MULTI_ARRAY, t,
                          rm.action_msg(np.full(7, value, np.float32))))
-        messages.append(('/vla/ee_twist', TWIST_STAMPED, t + 1,
-                         twist(header=rm.header(stamp, 'base'), twist=zero)))
+        messages.append(('/vla/action_frame', HEADER, t + 1,
+                         rm.header(stamp, 'hold' if frame is None else 'cam')))
     recording = read_policy_recording(write_custom_bag(tmp_path / 'rec', messages), frames)
     assert recording.unmatched == 1
     assert np.isnan(recording.actions[[1, 3], 0]).all()
     np.testing.assert_allclose(recording.actions[[2, 0], 0], [0.2, 0.4], atol=1e-7)
     np.testing.assert_allclose(recording.latencies_ms, [7.0, 7.0], atol=1e-6)
     with pytest.raises(BagSourceError, match='lacks'):
-        read_policy_recording(tmp_path / 'bag', frames)  # a bag without /vla/ee_twist
+        read_policy_recording(tmp_path / 'bag', frames)  # a bag without /vla/action_frame

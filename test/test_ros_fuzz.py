@@ -68,14 +68,18 @@ def policy_setup(ros_context, spin):
     source = RecordingSource()
     policy = PolicyNode(source=source, context=ros_context, parameter_overrides=[
         Parameter('max_image_pixels', value=256 * 256), Parameter('control_rate', value=100.0),
-        Parameter('diagnostics_period_s', value=0.2), Parameter('max_image_age_s', value=0.5)])
+        Parameter('diagnostics_period_s', value=0.2), Parameter('max_image_age_s', value=0.5),
+        # Probe frames carry made-up stamps; the box is tested elsewhere; a frame that waits
+        # for the pose of its stamp may be superseded, and every bad frame must be decoded.
+        Parameter('state_age_by', value='arrival'), Parameter('use_workspace', value=False),
+        Parameter('state_pairing_wait_s', value=0.0)])
     probe = Probe(ros_context)
     joints = probe.node.create_publisher(JointState, topics.JOINT_STATES, qos.DEFAULT)
     probe.pubs = {'joint_states': joints, 'ee_pose': probe.pose_pub}
     nodes = [policy, probe.node]
     probe.instruction_pub.publish(String(data=GOOD))
     good_pose = pose_msg([0.5, 0.0, 0.2], [1.0, 0.0, 0.0, 0.0], probe.frame().header.stamp,
-                         'base')
+                         'panda_link0')
     probe.good_pose = good_pose
     for _ in range(20):
         probe.pose_pub.publish(good_pose)
@@ -177,7 +181,7 @@ def test_instruction_node_relays_no_refused_text_and_counts_it(ros_context, spin
     spin(nodes, 1.5, until=lambda: diagnostics and any(
         kv.key == 'refused' and int(kv.value) == len(inputs)
         for kv in diagnostics[-1].status[0].values))
-    assert heard == [GOOD], 'a refused instruction was relayed'
+    assert set(heard) == {GOOD}, 'a refused instruction was relayed'
     values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
     # the input topic is latched with depth 1: an input replaced before it was read is lost
     assert 0.8 * len(inputs) <= int(values['refused']) <= len(inputs)

@@ -81,7 +81,7 @@ def test_argument_values_reach_the_nodes_with_their_types():
     assert argv[argv.index('--log-level') + 1] == 'debug'
     assert '-p' in argv and 'rate:=2.0' in argv
     assert started.node('policy_node').parameters == {'checkpoint': '/c',
-                                                      'control_rate': 10.0}
+                                                      'pace_rate_hz': 10.0}
 
 
 def test_remapping_and_conditional_nodes_follow_the_arguments():
@@ -173,15 +173,28 @@ def test_every_argument_sets_a_declared_scalar_parameter_of_its_type(
 
 
 @pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_description_matches_the_graph_where_launch_ros_is_installed(path):
+def test_launch_description_matches_the_graph_where_launch_ros_is_installed(path, tmp_path):
+    """With launch_ros (a full ROS install): the declared arguments are the graph's, and at
+    launch time the nodes are the ones ``vla-align up`` starts, with the same parameters."""
     pytest.importorskip('launch_ros', reason='launch_ros is not installed (no ros2 launch here)')
+    from launch import LaunchContext
+    from launch.actions import OpaqueFunction
     from launch_ros.actions import Node
 
     from vla_align.ros.launch_description import launch_description
 
     config = load_graph_config(ROOT / 'config' / launch_file_graph(path))
     description = launch_description(config)
-    names = {a.name for a in description.get_launch_arguments()}
-    assert names == {a.name for a in (*config.arguments, *config.implicit_arguments())}
-    nodes = [e for e in description.entities if isinstance(e, Node)]
-    assert [n.node_executable for n in nodes] == [s.executable for s in config.nodes]
+    arguments = {a.name: a for a in description.get_launch_arguments()}
+    assert set(arguments) == {a.name for a in (*config.arguments, *config.implicit_arguments())}
+    context = LaunchContext()
+    given = {a.name: 'x' for a in config.arguments if a.default is None}
+    given['namespace'] = '/arm1'
+    for name, argument in arguments.items():
+        default = argument.default_value
+        context.launch_configurations[name] = given.get(name) or (
+            ''.join(d.perform(context) for d in default) if default else '')
+    (opaque,) = [e for e in description.entities if isinstance(e, OpaqueFunction)]
+    nodes = [a for a in opaque.execute(context) if isinstance(a, Node)]
+    expected = config.with_arguments({k: v for k, v in context.launch_configurations.items()})
+    assert [n.node_executable for n in nodes] == [s.executable for s in expected.nodes]

@@ -11,7 +11,7 @@ import pytest
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Float32, Float32MultiArray, Header, String
+from std_msgs.msg import Float32, Float32MultiArray, Float64MultiArray, Header, String
 
 from vla_align.actions import ACTION_LAYOUT_LABEL, ActionLimits
 from vla_align.ros import qos, topics
@@ -54,11 +54,16 @@ class Probe:
                                                           qos.LATCHED)
         self.pose_pub = self.node.create_publisher(PoseStamped, topics.EE_POSE, qos.DEFAULT)
         self.actions, self.twists, self.grippers, self.alignments = [], [], [], []
+        self.frames, self.gripper_commands = [], []  # /vla/action_frame headers
         self.diagnostics = []
         n = self.node
         n.create_subscription(Float32MultiArray, topics.ACTION, self.actions.append,
                               qos.COMMANDS)
-        n.create_subscription(TwistStamped, topics.EE_TWIST, self.twists.append, qos.COMMANDS)
+        n.create_subscription(TwistStamped, topics.SERVO_TWIST, self.twists.append,
+                              qos.SERVO_COMMANDS)
+        n.create_subscription(Header, topics.ACTION_FRAME, self.frames.append, qos.COMMANDS)
+        n.create_subscription(Float64MultiArray, topics.GRIPPER_COMMAND,
+                              self.gripper_commands.append, qos.SERVO_COMMANDS)
         n.create_subscription(Float32, topics.GRIPPER, self.grippers.append, qos.COMMANDS)
         n.create_subscription(Float32, topics.ALIGNMENT, self.alignments.append, qos.DEFAULT)
         n.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self.diagnostics.append,
@@ -80,6 +85,8 @@ class Probe:
 
 def make_policy(context, action_source, **params):
     defaults = {'control_rate': 10.0, 'max_image_age_s': 0.4, 'max_translation_change': 0.0,
+                'use_workspace': False,  # the box needs a pose: tests of it publish one
+                'state_age_by': 'arrival',  # probe frames and poses carry made-up stamps
                 'max_rotation_change': 0.0, 'diagnostics_period_s': 0.2}
     defaults.update(params)
     overrides = [Parameter(k, value=v) for k, v in defaults.items()]
@@ -119,14 +126,20 @@ def test_policy_publishes_clamped_actions_with_the_documented_layout(ros_context
         assert [(d.label, d.size) for d in msg.layout.dim] == [(ACTION_LAYOUT_LABEL, 7)]
         assert LIMITS.contains(np.array(msg.data))
     assert np.allclose(moving[-1], [0.03, -0.01, 0.0, 0.15, 0.0, -0.02, 0.9])
-    answers = [t for t in probe.twists
-               if (t.header.stamp.sec, t.header.stamp.nanosec) in probe.sent_stamps]
-    assert len(answers) >= 5  # stamped with the frame each action was computed from
-    twist = answers[-1]
+    answers = [h for h in probe.frames if (h.stamp.sec, h.stamp.nanosec) in probe.sent_stamps]
+    assert len(answers) >= 5  # each action names the frame it was computed from
+    assert answers[-1].frame_id == 'cam'
+    twist = probe.twists[-1]
     assert twist.header.frame_id == 'panda_link0'
     assert twist.twist.linear.x == pytest.approx(0.3) and twist.twist.angular.x == pytest.approx(
         1.5)  # velocity = delta x 10 Hz
+    # Stamped when published (Servo judges staleness by it), not with the image's stamp.
+    now = policy.get_clock().now().nanoseconds * 1e-9
+    assert abs(twist.header.stamp.sec + twist.header.stamp.nanosec * 1e-9 - now) < 0.5
+    assert (twist.header.stamp.sec, twist.header.stamp.nanosec) not in probe.sent_stamps
     assert probe.grippers[-1].data == pytest.approx(0.9)
+    # The forward command controller gets the finger position: 0.04 open .. 0.0 closed.
+    assert probe.gripper_commands[-1].data[0] == pytest.approx(0.04 * 0.1)
     assert probe.alignments[-1].data == pytest.approx(0.42)
     values = {kv.key: kv.value for kv in probe.diagnostics[-1].status[0].values}
     assert int(values['clamped']) >= 1 and values['image_stale'] == 'False'
@@ -141,6 +154,7 @@ def test_a_new_instruction_starts_from_the_measured_gripper_not_the_last_command
     probe = Probe(ros_context)
     joints = probe.node.create_publisher(JointState, topics.JOINT_STATES, qos.DEFAULT)
     pose = PoseStamped()
+    pose.header.frame_id = 'panda_link0'
     pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
     nodes = [policy, probe.node]
 
@@ -150,6 +164,7 @@ def test_a_new_instruction_starts_from_the_measured_gripper_not_the_last_command
         probe.pose_pub.publish(pose)
 
     open_fingers()
+    spin(nodes, 0.2)  # the measured gripper and the pose are known before the first frame
     probe.instruction_pub.publish(String(data='pick up the red block'))
     for _ in range(12):
         open_fingers()
@@ -178,6 +193,7 @@ def test_every_instruction_message_starts_a_task_and_holds_keep_no_old_gripper(r
     probe = Probe(ros_context)
     joints = probe.node.create_publisher(JointState, topics.JOINT_STATES, qos.DEFAULT)
     pose = PoseStamped()
+    pose.header.frame_id = 'panda_link0'
     pose.pose.position.x, pose.pose.orientation.w = 0.5, 1.0
     nodes = [policy, probe.node]
 
@@ -275,9 +291,8 @@ def test_timer_trigger_acts_once_per_new_frame_at_the_control_rate(ros_context, 
     nodes = [policy, probe.node]
     spin(nodes, 0.3)
     stream(spin, nodes, probe, 1.5, rate=5.0)  # camera slower than the control rate
-    answered = [t for t in probe.twists
-                if (t.header.stamp.sec, t.header.stamp.nanosec) in probe.sent_stamps]
-    stamps = [(t.header.stamp.sec, t.header.stamp.nanosec) for t in answered]
+    answered = [h for h in probe.frames if (h.stamp.sec, h.stamp.nanosec) in probe.sent_stamps]
+    stamps = [(h.stamp.sec, h.stamp.nanosec) for h in answered]
     assert len(stamps) == len(set(stamps)) >= 4  # each frame acted on once, never repeated
     assert policy.counters.ticks_without_new_frame >= 10
 
@@ -297,6 +312,7 @@ def test_policy_waits_for_proprioception_when_the_model_needs_it(ros_context, sp
     stream(spin, nodes, probe, 0.5)
     assert not source.seen
     pose = PoseStamped()
+    pose.header.frame_id = 'panda_link0'
     pose.pose.position.x, pose.pose.orientation.w = 0.4, 1.0
     probe.pose_pub.publish(pose)
     stream(spin, nodes, probe, 0.5)
@@ -320,6 +336,7 @@ def test_fuzzed_inputs_never_crash_the_policy_or_escape_the_limits(ros_context, 
             msg.encoding = str(rng.choice(['rgb8', 'bgr8', 'mono8', 'bayer', '']))
             probe.image_pub.publish(msg)
         pose = PoseStamped()
+        pose.header.frame_id = 'panda_link0'
         pose.pose.position.x = float(rng.choice([np.nan, 1e300, 0.3]))
         probe.pose_pub.publish(pose)
         expert.publish(Float32MultiArray(data=rng.normal(size=int(rng.integers(0, 9))).tolist()))
@@ -603,7 +620,8 @@ def test_sim_node_obeys_servo_twists_and_gripper_commands_as_a_real_cell(ros_con
     spin(nodes, 1.0)
     assert np.linalg.norm(cell.position() - halted) < 0.002
     values = fresh_values()
-    assert int(values['twists_applied']) == applied and values['stale_commands'] == '0'
+    # (The stream's last twist may expire before the next step on a loaded machine: one.)
+    assert int(values['twists_applied']) == applied and int(values['stale_commands']) <= 1
     assert int(values['holds_applied']) >= 8
 
     # A twist stamped 0.5 s ago is stale (Servo's 0.1 s timeout): never applied, counted.

@@ -48,7 +48,7 @@ def test_live_replay_matches_offline_scoring(tmp_path, ros_environment):
         f'policy_node.checkpoint={tmp_path / "ckpt"}', 'policy_node.device=cpu',
         # A random policy's V-L score hovers around the default grounding threshold, so the
         # node flips between grounded and ungrounded here (it once crashed on that).
-        'policy_node.control_rate=50.0'])
+        'policy_node.pace_rate_hz=50.0'])
     log = io.StringIO()
     graph = GraphRunner(config, graph_environment(config.settings), LineSink(log))
     # The player exits 0 after the bag (exit_when_done), which ends the graph normally.

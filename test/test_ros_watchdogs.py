@@ -89,11 +89,11 @@ def test_a_refused_instruction_holds_instead_of_keeping_the_old_task(ros_context
 
 def test_an_invalid_pose_makes_a_proprioceptive_policy_hold(ros_context, spin):
     source, probe, nodes = proprioceptive_policy(ros_context)
-    good = pose_msg([0.5, 0, 0.2], [1.0, 0, 0, 0], probe.frame().header.stamp, 'base')
+    good = pose_msg([0.5, 0, 0.2], [1.0, 0, 0, 0], probe.frame().header.stamp, 'panda_link0')
     probe.pose_pub.publish(good)
     stream(spin, nodes, probe, 0.5)
     assert moving(probe.action_values())
-    bad = pose_msg([0.5, math.nan, 0.2], [1.0, 0, 0, 0], good.header.stamp, 'base')
+    bad = pose_msg([0.5, math.nan, 0.2], [1.0, 0, 0, 0], good.header.stamp, 'panda_link0')
     probe.pose_pub.publish(bad)
     stream(spin, nodes, probe, 0.3)
     calls = len(source.seen)

@@ -154,7 +154,9 @@ def read_bag_frames(path: Path, topics: SourceTopics = SourceTopics(),
 
 
 # -- recordings of the policy node's output -------------------------------------------------------
-TWIST_STAMPED = 'geometry_msgs/msg/TwistStamped'
+HEADER = 'std_msgs/msg/Header'
+#: The policy node's per-decision record of the frame it answers (ros.topics.ACTION_FRAME).
+ACTION_FRAME = '/vla/action_frame'
 
 
 @dataclass
@@ -168,34 +170,34 @@ class RecordedPredictions:
 
 def read_policy_recording(path: Path, frames: BagFrames,
                           action_topic: str = DEFAULT_TOPICS.action,
-                          twist_topic: str = '/vla/ee_twist',
+                          frame_topic: str = ACTION_FRAME,
                           image_topic: str = DEFAULT_TOPICS.image) -> RecordedPredictions:
     """Match the policy's recorded actions to the frames of ``frames`` (the replayed bag).
 
-    The policy node publishes, per decision, one ``/vla/action`` and one ``/vla/ee_twist``
-    whose header carries the stamp of the image the action was computed from (holds carry the
-    current time). The k-th action is paired with the k-th twist, and its frame is the one
-    whose image header stamp equals the twist's. Latency is measured when the recording also
-    holds the replayed images: action log time - image log time.
+    The policy node publishes, per decision, one ``/vla/action`` and one ``/vla/action_frame``
+    (std_msgs/Header: the stamp of the image the action was computed from; holds carry the
+    current time and frame_id 'hold'). The k-th action is paired with the k-th header, and its
+    frame is the one whose image header stamp equals the header's. Latency is measured when
+    the recording also holds the replayed images: action log time - image log time.
     """
-    wanted = {action_topic: rm.FLOAT32_MULTI_ARRAY, twist_topic: TWIST_STAMPED}
+    wanted = {action_topic: rm.FLOAT32_MULTI_ARRAY, frame_topic: HEADER}
     try:
         messages = _read_optional(path, {**wanted, image_topic: rm.IMAGE}, required=wanted)
     except ValueError as exc:
         raise BagSourceError(str(exc)) from None
-    actions, twists = messages[action_topic], messages[twist_topic]
-    if len(actions) != len(twists):
+    actions, headers = messages[action_topic], messages[frame_topic]
+    if len(actions) != len(headers):
         raise BagSourceError(f'recording {path} has {len(actions)} messages on {action_topic} '
-                             f'but {len(twists)} on {twist_topic}; the policy node publishes '
+                             f'but {len(headers)} on {frame_topic}; the policy node publishes '
                              f'one of each per decision')
     frame_of = {int(stamp): i for i, stamp in enumerate(frames.header_stamps_ns)}
     image_time = {rm.stamp_to_ns(msg.header): t for t, msg in messages.get(image_topic, [])}
     out = np.full((len(frames), ACTION_DIM), np.nan, dtype=np.float32)
     latencies: list[float] = []
     unmatched = 0
-    for (action_time, action_msg), (_twist_time, twist_msg) in zip(actions, twists,
+    for (action_time, action_msg), (_header_time, header_msg) in zip(actions, headers,
                                                                    strict=True):
-        stamp = rm.stamp_to_ns(twist_msg.header)
+        stamp = rm.stamp_to_ns(header_msg)
         index = frame_of.get(stamp)
         if index is None or np.isfinite(out[index, 0]):
             unmatched += 1  # a hold, or a second answer to the same frame

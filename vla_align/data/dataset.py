@@ -279,6 +279,7 @@ def load_bag_cache(bags: Sequence[Path], cache_root: str | Path, image_size: int
     dropped: Counter = Counter()
     refused: list[str] = []
     frames_read = used_bags = 0
+    camera = None
     try:
         builder = _CacheBuilder(image_size, images_file=tmp / 'images.u8', crop=crop)
         bar = tqdm(bags, desc='decoding bags', unit='bag', disable=not progress)
@@ -295,6 +296,7 @@ def load_bag_cache(bags: Sequence[Path], cache_root: str | Path, image_size: int
             used_bags += bool(result.episodes)
             for episode in result.episodes:
                 builder.add(episode, str(bag))
+                camera = camera or episode.camera
         if builder.rows == 0:
             raise DatasetError(f'the {len(bags)} bags hold no usable frames under contract '
                                f'{contract.name!r}: ' + ('; '.join(refused[:3]) or
@@ -303,8 +305,12 @@ def load_bag_cache(bags: Sequence[Path], cache_root: str | Path, image_size: int
         report = CacheReport(contract=contract.name, bags=len(bags), bags_used=used_bags,
                              episodes=len(builder.records), frames_read=frames_read,
                              frames_used=builder.rows, dropped=dict(dropped), refused=refused)
+        info = contract.to_dict()
+        if camera is not None:  # what deployment's camera must match (checkpoint metadata)
+            info.update(camera_width=camera.width, camera_height=camera.height,
+                        camera_intrinsics=list(camera.intrinsics()) if camera.fx else None)
         builder.finish()._save_rest(tmp, images_shape=builder.images_shape, report=report,
-                                    contract=contract.to_dict())
+                                    contract=info)
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

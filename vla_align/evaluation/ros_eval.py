@@ -295,8 +295,13 @@ def graph_config(jobs: Sequence[Any], suite: TaskSuite, env_config: EnvConfig,
         'action_timeout_s': float(timing.action_timeout_s)}
     # The policy's frame pacer must accept every frame: in lockstep frames come at most once a
     # tick, so pace at twice the tick rate; free running, at the tick rate (its tolerance
-    # absorbs jitter), as on a robot.
-    policy = {**source, 'control_rate': float(2 * tick_rate if timing.lockstep else tick_rate),
+    # absorbs jitter), as on a robot. Its control rate stays the simulated one: twists are
+    # delta x control rate.
+    policy = {**source, 'control_rate': float(env_config.control_hz),
+              'pace_rate_hz': float(2 * tick_rate if timing.lockstep else tick_rate),
+              # Lockstep: the first twist after a frame answers it, so no stream between
+              # decisions; free running: the Servo stream, as on a robot.
+              'command_rate_hz': 0.0 if timing.lockstep else 50.0,
               # Grounding only flags (refuse_ungrounded is off), so actions do not depend on
               # it; -1 keeps the flag, and its logging, out of the evaluation.
               'alignment_threshold': -1.0}

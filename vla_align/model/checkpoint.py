@@ -4,7 +4,8 @@
                                       reloaded from the folder named in the config)
     <checkpoint>/config.json          PolicyConfig
     <checkpoint>/normalization.json   NormalizationStats of the training data
-    <checkpoint>/metadata.json        data, seed, git commit, metrics, versions
+    <checkpoint>/metadata.json        data, seed, git commit, metrics, versions, and
+                                      ``deployment``: what deployment must match
     <checkpoint>/trainer_state.pt     optional: optimizer/scheduler/step for resuming training
 
 A checkpoint is written to a temporary sibling folder and moved into place with ``os.replace``,
@@ -18,7 +19,6 @@ import json
 import os
 from pathlib import Path
 import shutil
-import subprocess
 import tempfile
 from typing import Any, Optional
 
@@ -27,6 +27,7 @@ import torch
 
 from vla_align.data.normalization import NormalizationStats
 from vla_align.model.config import ConfigError, PolicyConfig
+from vla_align.model.deployment import DeploymentInfo, deployment_from_metadata, git_state
 from vla_align.model.vla import VLAModel
 
 WEIGHTS_FILE = 'model.safetensors'
@@ -51,17 +52,11 @@ class Checkpoint:
     def config(self) -> PolicyConfig:
         return self.model.config
 
-
-def git_commit() -> Optional[str]:
-    """The commit of the source tree this package runs from, if it is a git checkout."""
-    try:
-        result = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                                cwd=Path(__file__).resolve().parent, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
+    @property
+    def deployment(self) -> Optional[DeploymentInfo]:
+        """The training conditions deployment must match; None for checkpoints written before
+        they were recorded. Malformed metadata raises ValueError rather than passing a check."""
+        return deployment_from_metadata(self.metadata)
 
 
 def save_checkpoint(path: str | Path, model: VLAModel, stats: NormalizationStats,
@@ -70,9 +65,11 @@ def save_checkpoint(path: str | Path, model: VLAModel, stats: NormalizationStats
     """Write ``model`` + ``stats`` + ``metadata`` to the folder ``path`` (replaced atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The source tree now; a trainer passes the one at training start instead (in metadata).
+    commit, dirty = git_state()
     meta = {'format_version': FORMAT_VERSION,
             'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            'torch_version': torch.__version__, 'git_commit': git_commit()}
+            'torch_version': torch.__version__, 'git_commit': commit, 'git_dirty': dirty}
     meta.update(metadata or {})
     tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.tmp-', dir=path.parent))
     try:

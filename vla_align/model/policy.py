@@ -32,6 +32,7 @@ from vla_align.data.normalization import NormalizationStats
 from vla_align.data.state import STATE_DIM, canonical_states
 from vla_align.model.checkpoint import load_checkpoint, save_checkpoint
 from vla_align.model.config import PolicyConfig
+from vla_align.model.deployment import DeploymentInfo, deployment_from_metadata
 from vla_align.model.device import autocast, autocast_dtype, resolve_device
 from vla_align.model.language import TextEmbedding
 from vla_align.model.processing import ImageBatch, check_images, resize_uint8
@@ -95,6 +96,12 @@ class Policy:
         """A randomly initialised policy with identity normalisation (tests, smoke runs)."""
         return cls(VLAModel(config), NormalizationStats.identity(), device, precision=precision,
                    compile=compile)
+
+    @property
+    def deployment(self) -> Optional[DeploymentInfo]:
+        """The training conditions of the checkpoint (`compare_deployment`); None when it has
+        none. Malformed metadata raises ValueError rather than passing a check."""
+        return deployment_from_metadata(self.metadata)
 
     @property
     def compiled(self) -> bool:

@@ -157,6 +157,7 @@ def pose_inputs(rng: np.random.Generator, n: int) -> list[BadInput]:
             q = rng.normal(size=4)
             values[3:] = (q / np.linalg.norm(q) * float(rng.choice([0.1, 0.5, 2.0, 1e6]))).tolist()
         msg = PoseStamped()
+        msg.header.frame_id = 'panda_link0'  # only the values are bad
         p, o = msg.pose.position, msg.pose.orientation
         p.x, p.y, p.z, o.x, o.y, o.z, o.w = values
         out.append(BadInput(kind, msg))
@@ -315,11 +316,11 @@ class Driver:
 
     def __init__(self, context) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseStamped, TwistStamped
+        from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Float32MultiArray, String
+        from std_msgs.msg import Float32MultiArray, Header, String
 
         from vla_align.ros import qos, topics
 
@@ -342,7 +343,8 @@ class Driver:
         self.diagnostics: dict[str, dict[str, str]] = {}
         self.diagnostics_at = 0.0
         n.create_subscription(Float32MultiArray, topics.ACTION, self._on_action, qos.COMMANDS)
-        n.create_subscription(TwistStamped, topics.EE_TWIST, self._on_twist, qos.COMMANDS)
+        n.create_subscription(Header, topics.ACTION_FRAME, self._on_action_frame,
+                              qos.COMMANDS)
         n.create_subscription(String, topics.INSTRUCTION, self._on_instruction, qos.LATCHED)
         n.create_subscription(PoseStamped, topics.EE_POSE, self._on_pose, qos.DEFAULT)
         n.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics,
@@ -357,8 +359,9 @@ class Driver:
     def _on_action(self, msg) -> None:
         self.actions.append((time.monotonic(), np.array(msg.data, dtype=np.float64)))
 
-    def _on_twist(self, msg) -> None:
-        self.twists.append((time.monotonic(), int(msg.header.stamp.sec)))
+    def _on_action_frame(self, msg) -> None:
+        # The frame each decision answers (holds: stamped now, frame_id 'hold').
+        self.twists.append((time.monotonic(), int(msg.stamp.sec)))
 
     def _on_instruction(self, msg) -> None:
         self.instructions.append((time.monotonic(), msg.data))
@@ -669,7 +672,9 @@ class Campaign:
             'policy': ('policy_node', {'source': 'checkpoint', 'checkpoint': checkpoint,
                                        'control_rate': 30.0, 'max_image_pixels': MAX_IMAGE_PIXELS,
                                        'max_translation_change': 0.0,
-                                       'max_rotation_change': 0.0, **common},
+                                       'max_rotation_change': 0.0,
+                                       # the campaign's frames and poses carry made-up stamps
+                                       'state_age_by': 'arrival', **common},
                        ['image', 'instruction', 'ee_pose', 'joint_states']),
             'expert': ('policy_node', {'source': 'expert', 'control_rate': 30.0, **common},
                        ['expert_action']),

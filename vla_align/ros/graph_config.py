@@ -28,9 +28,9 @@ DDS profile are written once. Format (see ``config/sim_graph.yaml``)::
         remappings: {/camera/image_raw: /sim/image}  # optional (-r FROM:=TO)
         stdin: false                        # optional: forward the launcher's stdin to it
 
-Every graph also takes ``log_level`` (all nodes), ``params_file`` (when its nodes share one)
-and ``dds_profile`` (when it names one). Every problem is reported as a ``GraphConfigError``
-naming the file and the entry.
+Every graph also takes ``log_level``, ``namespace`` and ``use_sim_time`` (all nodes),
+``params_file`` (when its nodes share one) and ``dds_profile`` (when it names one). Every
+problem is reported as a ``GraphConfigError`` naming the file and the entry.
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ from vla_align.paths import share_path
 _NAME = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 _MODULE = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$')
 _TOPIC = re.compile(r'^~?/?[A-Za-z0-9_~{}/]+$')
+_NAMESPACE = re.compile(r'^/[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$')
 _NODE_KEYS = {'name', 'module', 'params_file', 'parameters', 'remappings', 'stdin'}
 _SETTINGS_KEYS = {'localhost_only', 'ros_domain_id', 'shutdown_timeout_s', 'dds_profile'}
 _ARGUMENT_KEYS = {'name', 'description', 'default', 'type', 'choices', 'sets', 'remaps',
@@ -116,6 +117,7 @@ class NodeSpec:
     remappings: tuple[tuple[str, str], ...] = ()
     stdin: bool = False
     log_level: str = 'info'
+    namespace: str = ''
 
     @property
     def executable(self) -> str:
@@ -125,6 +127,8 @@ class NodeSpec:
     def command(self, python: str = sys.executable) -> list[str]:
         """The argv that starts this node as its own process."""
         argv = [python, '-m', self.module, '--ros-args', '-r', f'__node:={self.name}']
+        if self.namespace:
+            argv += ['-r', f'__ns:={self.namespace}']
         if self.log_level != 'info':
             argv += ['--log-level', self.log_level]
         if self.params_file is not None:
@@ -173,7 +177,13 @@ class GraphConfig:
         """Arguments every graph has besides its own: log_level, and params_file / dds_profile
         where the graph has one."""
         found = [LaunchArgument('log_level', 'Log level of every node', 'info',
-                                choices=LOG_LEVELS)]
+                                choices=LOG_LEVELS),
+                 LaunchArgument('namespace', 'Namespace of every node (its services and '
+                                'parameters: /NS/policy_node/enable); topics are set by their '
+                                'own arguments', ''),
+                 LaunchArgument('use_sim_time', 'Every node takes its time from /clock '
+                                '(a simulator or a bag played with --clock)', 'false',
+                                choices=('true', 'false'), type='bool')]
         if self.params_file is not None:
             found.append(LaunchArgument(
                 'params_file', 'Full path to the parameters file of every node (sections '
@@ -193,15 +203,27 @@ class GraphConfig:
         chosen = {name: values.pop(name, argument.default)
                   for name, argument in implicit.items()}
         implicit['log_level'].convert(chosen['log_level'])
+        sim_time = implicit['use_sim_time'].convert(chosen['use_sim_time'])
+        namespace = chosen['namespace'].strip()
+        if namespace and not _NAMESPACE.match(namespace):
+            raise GraphConfigError(f'argument namespace:={namespace!r} is not a ROS namespace '
+                                   f'(e.g. /arm1)')
         for name in values:
             self.argument(name)  # unknown names are refused
-        nodes = {spec.name: replace(spec, log_level=chosen['log_level']) for spec in self.nodes}
+        nodes = {spec.name: replace(spec, log_level=chosen['log_level'], namespace=namespace,
+                                    parameters={**spec.parameters,
+                                                **({'use_sim_time': True} if sim_time else {})})
+                 for spec in self.nodes}
         if 'params_file' in chosen:
             path = Path(chosen['params_file']).expanduser().resolve()
             if not path.is_file():
                 raise GraphConfigError(f'argument params_file:={chosen["params_file"]!r}: no '
                                        f'such file')
             nodes = {name: replace(spec, params_file=path) for name, spec in nodes.items()}
+        if namespace:  # params files are keyed by node name: key them under the namespace too
+            nodes = {name: replace(spec, params_file=namespaced_params_file(spec.params_file,
+                                                                         namespace))
+                     if spec.params_file is not None else spec for name, spec in nodes.items()}
         settings = self.settings
         if 'dds_profile' in chosen:
             profile = Path(chosen['dds_profile']).expanduser().resolve()
@@ -221,6 +243,8 @@ class GraphConfig:
                 spec = nodes[node_name]
                 nodes[node_name] = replace(spec, parameters={**spec.parameters, param: value})
             for node_name, topic in argument.remaps:
+                if str(value) == topic:
+                    continue  # the default: no remapping needed
                 spec = nodes[node_name]
                 remaps = dict(spec.remappings)
                 remaps[topic] = str(value)
@@ -263,6 +287,28 @@ class GraphConfig:
         return replace(self, nodes=tuple(nodes[spec.name] for spec in self.nodes))
 
 
+def namespaced_params_file(path: Path, namespace: str) -> Path:
+    """A copy of a params file whose node sections also apply in ``namespace``: ROS matches a
+    section's key against the fully qualified node name, so ``policy_node:`` does not reach
+    ``/arm1/policy_node``. The copy (in the temp folder, named by its content) keys every node
+    section under the namespace as well."""
+    import hashlib
+    import tempfile
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    nested = {key: value for key, value in data.items() if str(key).startswith('/')}
+    nested[namespace] = {**nested.get(namespace, {}),
+                         **{key: value for key, value in data.items()
+                            if not str(key).startswith('/')}}
+    text = yaml.safe_dump(nested, sort_keys=False)
+    folder = Path(tempfile.gettempdir()) / 'vla_align_params'
+    folder.mkdir(exist_ok=True)
+    out = folder / f'{Path(path).stem}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml'
+    if not out.is_file():
+        out.write_text(text)
+    return out
+
+
 def resolve_config_path(text: str) -> Path:
     """A path as given, else a file in the package's config/ folder (``sim_graph`` works)."""
     path = Path(text).expanduser()
@@ -299,7 +345,7 @@ def load_graph_config(path: Path) -> GraphConfig:
     arguments = tuple(_parse_argument(path, index, raw, names)
                       for index, raw in enumerate(raw_arguments))
     argument_names = [a.name for a in arguments]
-    reserved = {'log_level', 'params_file', 'dds_profile'}
+    reserved = {'log_level', 'params_file', 'dds_profile', 'namespace', 'use_sim_time'}
     if len(set(argument_names)) != len(argument_names) or reserved & set(argument_names):
         raise GraphConfigError(f'{path}: argument names must be unique and not one of '
                                f'{sorted(reserved)}: {argument_names}')

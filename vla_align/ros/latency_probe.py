@@ -2,11 +2,12 @@
 
 How it measures: a probe node publishes synthetic camera frames (sensor QoS, like a camera
 driver) at ``rate_hz``, each stamped with the wall clock at publication, plus one latched
-instruction. The policy node stamps its /vla/ee_twist with the stamp of the frame it acted on,
-so for every twist whose stamp matches a published frame, latency = wall clock at reception -
-frame stamp. Both ends run on this host and clock, so this is the full path: serialisation,
-DDS, the policy node's conversion, model step, safety gate and the return trip. Holds carry
-their own stamps and are not counted. The first ``warmup_s`` are discarded.
+instruction. The policy node publishes, with each action, /vla/action_frame: the header of the
+frame it acted on, so for every action whose frame header matches a published frame, latency =
+wall clock at reception - frame stamp. Both ends run on this host and clock, so this is the
+full path: serialisation, DDS, the policy node's conversion, model step, safety gate and the
+return trip. Holds carry their own stamps and are not counted. The first ``warmup_s`` are
+discarded.
 
 ``run_probe`` measures whatever policy node is already running in the domain;
 ``measure_policy_node`` starts one (``python -m vla_align.ros.policy_node``) with the
@@ -37,7 +38,7 @@ class ProbeConfig:
     height: int = 480
     instruction: str = 'pick up the red block'
     image_topic: str = '/camera/image_raw'
-    twist_topic: str = '/vla/ee_twist'
+    action_frame_topic: str = '/vla/action_frame'
     instruction_topic: str = '/vla/instruction'
     ee_pose_topic: str = '/vla/ee_pose'
     seed: int = 0  # of the synthetic images
@@ -52,7 +53,7 @@ class ProbeConfig:
 @dataclass(frozen=True)
 class ProbeReport:
     frames_sent: int  # during the measured window
-    actions_matched: int  # twists stamped with a frame of the window
+    actions_matched: int  # actions answering a frame of the window
     camera_rate_hz: float  # achieved publication rate
     action_rate_hz: float  # matched actions per second
     latency: LatencySummary
@@ -84,11 +85,11 @@ class ProbeReport:
 def run_probe(config: ProbeConfig = ProbeConfig(), wait_for_policy_s: float = 60.0) -> ProbeReport:
     """Measure the policy node already running in this ROS domain (see module docstring)."""
     from diagnostic_msgs.msg import DiagnosticArray
-    from geometry_msgs.msg import PoseStamped, TwistStamped
+    from geometry_msgs.msg import PoseStamped
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image
-    from std_msgs.msg import String
+    from std_msgs.msg import Header, String
 
     from vla_align.ros import qos
     from vla_align.ros.conversions import pose_msg, rgb_to_image, seconds_to_stamp
@@ -105,9 +106,9 @@ def run_probe(config: ProbeConfig = ProbeConfig(), wait_for_policy_s: float = 60
     latencies: list[float] = []
     window = {'start': None, 'end': None, 'sent': 0}
 
-    def on_twist(msg: TwistStamped) -> None:
+    def on_action_frame(msg: Header) -> None:
         received = time.time()
-        key = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        key = msg.stamp.sec * 1_000_000_000 + msg.stamp.nanosec
         stamp = sent.pop(key, None)
         if stamp is not None:
             latencies.append(received - stamp)
@@ -125,7 +126,7 @@ def run_probe(config: ProbeConfig = ProbeConfig(), wait_for_policy_s: float = 60
     pose_pub = node.create_publisher(PoseStamped, config.ee_pose_topic, qos.DEFAULT)
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, qos.DEFAULT)
     instruction_pub = node.create_publisher(String, config.instruction_topic, qos.LATCHED)
-    node.create_subscription(TwistStamped, config.twist_topic, on_twist, qos.COMMANDS)
+    node.create_subscription(Header, config.action_frame_topic, on_action_frame, qos.COMMANDS)
     count = 0
 
     def publish_frame() -> None:
@@ -144,10 +145,10 @@ def run_probe(config: ProbeConfig = ProbeConfig(), wait_for_policy_s: float = 60
     try:
         deadline = time.monotonic() + wait_for_policy_s
         while (image_pub.get_subscription_count() == 0
-               or node.count_publishers(config.twist_topic) == 0):
+               or node.count_publishers(config.action_frame_topic) == 0):
             if time.monotonic() > deadline:
                 raise TimeoutError(f'no policy node subscribed to {config.image_topic} and '
-                                   f'publishing {config.twist_topic} within '
+                                   f'publishing {config.action_frame_topic} within '
                                    f'{wait_for_policy_s:g} s')
             executor.spin_once(timeout_sec=0.1)
         instruction_pub.publish(String(data=config.instruction))
@@ -190,7 +191,7 @@ def measure_policy_node(config: ProbeConfig = ProbeConfig(), source: str = 'rand
             '-p', f'control_rate:={float(rate)}', '-p', 'trigger:=frame',
             '-p', 'max_translation_change:=0.0',
             '-p', 'max_rotation_change:=0.0', '-r', f'/camera/image_raw:={config.image_topic}',
-            '-r', f'/vla/ee_twist:={config.twist_topic}',
+            '-r', f'/vla/action_frame:={config.action_frame_topic}',
             '-r', f'/vla/instruction:={config.instruction_topic}',
             '-r', f'/vla/ee_pose:={config.ee_pose_topic}', *extra_args]
     env = dict(os.environ, PYTHONUNBUFFERED='1')

@@ -7,11 +7,13 @@ Float32MultiArray), /vla/ee_twist (TwistStamped *velocities* = delta x control_r
 the current time), /vla/gripper, /vla/alignment and /diagnostics.
 
 When it runs: with ``trigger: frame`` (default) each new frame is acted on as soon as it
-arrives, at most ``control_rate`` times a second (``pacing.FramePacer``); the subscription
-callback only caches the frame and wakes a guard condition, whose callback does the work. With
-``trigger: timer`` a timer at ``control_rate`` acts on the newest frame (and skips a tick when
-no new frame came). In both modes the control timer publishes holds while the camera is
-silent, so the output never simply stops.
+arrives, at most ``pace_rate_hz`` times a second (``pacing.FramePacer``); the subscription
+callback only caches the frame and wakes the inference thread (``InferenceWorker``), which does
+the work. With ``trigger: timer`` a timer at ``control_rate`` wakes it to act on the newest
+frame (a tick without a new frame is skipped). Subscriptions, timers and services stay on the
+single-threaded executor, so holds (the control timer publishes them while the camera is
+silent), the Servo command stream, diagnostics and ``~/enable`` keep their rate during a slow
+model step.
 
 Tasks: every /vla/instruction message starts a task, the same text again included (a person
 re-sending an instruction after a failed attempt). A task starts from the robot as measured:
@@ -36,56 +38,54 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import math
+import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
-from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseStamped, TwistStamped
+from geometry_msgs.msg import PoseStamped
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32, Float32MultiArray, String
+from std_msgs.msg import Float32, Float32MultiArray, Header, String
+from std_srvs.srv import SetBool
 
-from vla_align.actions import ActionLimits
 from vla_align.ros import qos, topics
+from vla_align.ros.command_output import CommandOutput
 from vla_align.ros.conversions import (
     ImageConversionError,
     StateConversionError,
-    action_to_multiarray,
-    action_to_twist,
     diagnostic_array,
     diagnostic_status,
-    gripper_msg,
     image_to_rgb,
     joint_positions,
     multiarray_to_action,
     stamp_to_seconds,
-    valid_pose_arrays,
 )
+from vla_align.ros.inference_worker import InferenceWorker
 from vla_align.ros.instructions import InstructionError, normalize_instruction
 from vla_align.ros.metrics import LatencyWindow, RateMeter
 from vla_align.ros.pacing import FramePacer
 from vla_align.ros.params import (
     StartupError,
-    declare_bool,
-    declare_float,
-    declare_int,
-    declare_str,
-    declare_str_list,
+)
+from vla_align.ros.policy_settings import declare_policy_settings
+from vla_align.ros.robot_state import (
+    JointStateSource,
+    NoStateYet,
+    PoseStateSource,
+    StateProblem,
+    TfStateSource,
 )
 from vla_align.ros.runner import run_node
 from vla_align.ros.safety import (
     BadInputLog,
     Decision,
     HoldReason,
-    SafetyConfig,
     SafetyGate,
     StateChangeReporter,
 )
 from vla_align.ros.sources import (
-    RANDOM_CONFIGS,
-    SOURCE_KINDS,
     ActionSource,
     ExpertRelaySource,
     SourceNotReady,
@@ -93,33 +93,9 @@ from vla_align.ros.sources import (
 )
 
 NODE_NAME = 'policy_node'
-TRIGGERS = ('frame', 'timer')
-DEVICES = ('auto', 'cpu', 'cuda')
 #: Hold reasons that are faults of the system (ERROR) rather than missing inputs (WARN).
 ERROR_REASONS = (HoldReason.STALE_IMAGE, HoldReason.BAD_IMAGE, HoldReason.SOURCE_ERROR,
-                 HoldReason.NON_FINITE)
-
-
-@dataclass(frozen=True)
-class PolicyNodeSettings:
-    source: str
-    checkpoint: str
-    random_config: str
-    device: str
-    torch_threads: int
-    control_rate: float
-    trigger: str
-    base_frame: str
-    use_proprioception: bool
-    initial_gripper: float
-    gripper_joints: tuple[str, ...]
-    gripper_open_width: float
-    publish_hold: bool
-    diagnostics_period_s: float
-    max_image_pixels: int
-    max_instruction_length: int
-    log_repeat_period_s: float
-    safety: SafetyConfig
+                 HoldReason.NON_FINITE, HoldReason.STALE_STATE)
 
 
 @dataclass
@@ -127,6 +103,7 @@ class CachedFrame:
     msg: Image
     arrival: float  # time.monotonic() when the callback ran
     seq: int
+    time_s: float  # the instant it shows: header stamp (arrival if unset), ROS s
 
 
 @dataclass
@@ -139,6 +116,7 @@ class Counters:
     clamped: int = 0
     rate_limited: int = 0
     ungrounded: int = 0
+    workspace_limited: int = 0
     errors: int = 0
     bad_messages: int = 0
     hold_reasons: dict[str, int] = field(default_factory=dict)
@@ -150,7 +128,7 @@ class PolicyNode(Node):
     def __init__(self, source: Optional[ActionSource] = None, **node_kwargs) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         self.counters = Counters()  # first: destroy_node reads it even after a failed start
-        self.settings = self._declare_settings()
+        self.settings = declare_policy_settings(self)
         s = self.settings
         self._gate = SafetyGate(s.safety, initial_gripper=s.initial_gripper)
         self._expert: Optional[ExpertRelaySource] = None
@@ -162,6 +140,7 @@ class PolicyNode(Node):
         else:
             self._source = load_policy_source(s.source, s.checkpoint, s.device, s.random_config,
                                               s.torch_threads)
+        self._deployment = self._check_deployment()
         self._needs_state = bool(getattr(self._source, 'needs_state', False))
         if self._needs_state and not s.use_proprioception:
             raise StartupError(f'{NODE_NAME}: this policy was trained with proprioception; '
@@ -175,11 +154,14 @@ class PolicyNode(Node):
         self._instruction_seq = 0  # +1 per instruction message: each one starts a task
         self._task_seq = 0  # the instruction message the current task started from
         self._encoded: Optional[str] = None
-        self._ee_pose: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._state_source = self._make_state_source() if s.use_proprioception else None
+        self._camera_shape: Optional[tuple[int, ...]] = None
+        self._camera_refused = ''  # a camera the checkpoint cannot serve: hold for good
         self._measured_gripper: Optional[float] = None
         self._has_commanded = False
+        self._pairing_since: Optional[float] = None  # a frame waits for its state since
 
-        self._pacer = FramePacer(s.control_rate)
+        self._pacer = FramePacer(s.pace_rate)
         self._latency = LatencyWindow()  # frame arrival -> action published
         self._stamp_latency = LatencyWindow()  # image stamp -> action published (same clock)
         self._action_rate = RateMeter()
@@ -191,133 +173,58 @@ class PolicyNode(Node):
         self._bad_inputs = BadInputLog(period)
         self._hold_reason: Optional[HoldReason] = HoldReason.NO_IMAGE
 
-        self._action_pub = self.create_publisher(Float32MultiArray, topics.ACTION, qos.COMMANDS)
-        self._twist_pub = self.create_publisher(TwistStamped, topics.EE_TWIST, qos.COMMANDS)
-        self._gripper_pub = self.create_publisher(Float32, topics.GRIPPER, qos.COMMANDS)
+        # Inference runs on its own thread, everything else on the executor's; ``_lock`` guards
+        # the gate and the publishers between the two.
+        self._lock = threading.RLock()
+        self._worker = InferenceWorker(
+            self._on_frame_ready if s.trigger == 'frame' else self._on_timer_step,
+            self._on_worker_error)
+        self._output = CommandOutput(self, s.output, s.start_enabled)
+        self._enable_changed_at: Optional[float] = None
+        self.create_service(SetBool, '~/enable', self._on_enable)
         self._alignment_pub = self.create_publisher(Float32, topics.ALIGNMENT, qos.DEFAULT)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS,
                                                       qos.DEFAULT)
         self.create_subscription(Image, topics.IMAGE, self._on_image, qos.SENSOR_DATA)
         self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, qos.LATCHED)
         if s.use_proprioception:
-            self.create_subscription(PoseStamped, topics.EE_POSE, self._on_ee_pose, qos.DEFAULT)
+            if s.state_source == 'pose':
+                self.create_subscription(PoseStamped, topics.EE_POSE, self._on_ee_pose,
+                                         qos.DEFAULT)
+            # Always: the measured gripper opening; with state_source joint_states, the pose.
             self.create_subscription(JointState, topics.JOINT_STATES, self._on_joint_states,
                                      qos.DEFAULT)
         if self._expert is not None:
             self.create_subscription(Float32MultiArray, topics.EXPERT_ACTION,
                                      self._on_expert_action, qos.COMMANDS)
-        self._frame_guard = (self.create_guard_condition(self._on_frame_guard)
-                             if s.trigger == 'frame' else None)
         self._control_timer = self.create_timer(1.0 / s.control_rate, self._on_control_tick)
         self._diagnostics_timer = self.create_timer(s.diagnostics_period_s,
                                                     self._publish_diagnostics)
+        self._worker.start()
         source_name = s.source if source is None else type(source).__name__
         self.get_logger().info(
             f'source={source_name} trigger={s.trigger} control_rate={s.control_rate:g} Hz '
             f'max_image_age={s.safety.max_image_age_s:g} s limits: '
             f'{s.safety.limits.max_translation:g} m, {s.safety.limits.max_rotation:g} rad '
-            f'per step; holds are {"published" if s.publish_hold else "not published"}')
-
-    # -- parameters -----------------------------------------------------------------------------
-    def _declare_settings(self) -> PolicyNodeSettings:
-        source = declare_str(self, 'source', 'checkpoint',
-                             'what produces actions: checkpoint (trained policy), random '
-                             '(untrained tiny policy, for timing), expert (relay the sim '
-                             "expert's /vla/expert_action; simulation only)", SOURCE_KINDS)
-        checkpoint = declare_str(self, 'checkpoint', '',
-                                 'path of the trained checkpoint (source: checkpoint)')
-        random_config = declare_str(self, 'random_config', 'tiny',
-                                    'architecture of source: random (tiny, or default = the '
-                                    'full-size PolicyConfig)', RANDOM_CONFIGS)
-        device = declare_str(self, 'device', 'auto', 'torch device for the policy', DEVICES)
-        torch_threads = declare_int(self, 'torch_threads', 1,
-                                    'torch intra-op CPU threads (0: torch default); 1 keeps '
-                                    'the DDS threads responsive on small machines', 0, 256)
-        control_rate = declare_float(self, 'control_rate', 10.0,
-                                     'actions per second (Hz); each action is a delta for one '
-                                     'control period', 0.5, 1000.0)
-        trigger = declare_str(self, 'trigger', 'frame',
-                              'frame: act on each new frame at most control_rate times per '
-                              'second (lowest latency); timer: act on the newest frame at '
-                              'each control tick', TRIGGERS)
-        max_image_age = declare_float(self, 'max_image_age_s', 0.5,
-                                      'hold when the newest frame arrived longer ago (s)',
-                                      0.001, 60.0)
-        max_translation = declare_float(self, 'max_translation', 0.03,
-                                        'clamp |dx|,|dy|,|dz| per step (m)', 1e-6, 1.0)
-        max_rotation = declare_float(self, 'max_rotation', 0.15,
-                                     'clamp |droll|,|dpitch|,|dyaw| per step (rad)', 1e-6, 3.2)
-        max_translation_change = declare_float(
-            self, 'max_translation_change', 0.03,
-            'largest change of a translation component between consecutive actions (m); '
-            '0 disables', 0.0, 1.0)
-        max_rotation_change = declare_float(
-            self, 'max_rotation_change', 0.15,
-            'largest change of a rotation component between consecutive actions (rad); '
-            '0 disables', 0.0, 6.4)
-        alignment_threshold = declare_float(
-            self, 'alignment_threshold', 0.1,
-            'V-L alignment (cosine) below which the instruction is flagged as not grounded in '
-            'the scene', -1.0, 1.0)
-        refuse_ungrounded = declare_bool(self, 'refuse_ungrounded', False,
-                                         'hold instead of acting when alignment is below '
-                                         'alignment_threshold')
-        base_frame = declare_str(self, 'base_frame', 'panda_link0',
-                                 'frame_id of /vla/ee_twist (the robot base)')
-        use_proprioception = declare_bool(self, 'use_proprioception', True,
-                                          'subscribe /vla/ee_pose and /joint_states and pass '
-                                          'the state vector to the policy')
-        initial_gripper = declare_float(self, 'initial_gripper', 0.0,
-                                        'gripper command assumed before any is known '
-                                        '(0 open, 1 closed)', 0.0, 1.0)
-        gripper_joints = declare_str_list(self, 'gripper_joints',
-                                          ['panda_finger_joint1', 'panda_finger_joint2'],
-                                          'joint_states names whose positions add up to the '
-                                          'gripper opening')
-        gripper_open_width = declare_float(self, 'gripper_open_width', 0.08,
-                                           'sum of gripper_joints positions when fully open (m)',
-                                           1e-4, 1.0)
-        publish_hold = declare_bool(self, 'publish_hold', True,
-                                    'publish explicit zero-motion holds (true) or nothing '
-                                    '(false) when it is not safe to act')
-        diagnostics_period = declare_float(self, 'diagnostics_period_s', 1.0,
-                                           'period of /diagnostics messages (s)', 0.05, 60.0)
-        max_image_pixels = declare_int(self, 'max_image_pixels', 4096 * 4096,
-                                       'larger camera images are refused (hold) instead of '
-                                       'decoded', 1, 2 ** 31)
-        max_instruction_length = declare_int(self, 'max_instruction_length', 200,
-                                             'longer instructions are refused (hold), in '
-                                             'characters after whitespace normalisation',
-                                             1, 100000)
-        log_repeat_period_s = declare_float(self, 'log_repeat_period_s', 10.0,
-                                            'a hold reason or a kind of bad message is logged '
-                                            'again at most this often (s); the rest are '
-                                            'counted in /diagnostics', 0.0, 3600.0)
-        return PolicyNodeSettings(
-            source=source, checkpoint=checkpoint, random_config=random_config, device=device,
-            torch_threads=torch_threads,
-            control_rate=control_rate,
-            trigger=trigger, base_frame=base_frame, use_proprioception=use_proprioception,
-            initial_gripper=initial_gripper, gripper_joints=tuple(gripper_joints),
-            gripper_open_width=gripper_open_width, publish_hold=publish_hold,
-            diagnostics_period_s=diagnostics_period, max_image_pixels=max_image_pixels,
-            max_instruction_length=max_instruction_length,
-            log_repeat_period_s=log_repeat_period_s,
-            safety=SafetyConfig(
-                limits=ActionLimits(max_translation=max_translation, max_rotation=max_rotation),
-                max_image_age_s=max_image_age, max_translation_change=max_translation_change,
-                max_rotation_change=max_rotation_change,
-                alignment_threshold=alignment_threshold, refuse_ungrounded=refuse_ungrounded))
+            f'per step; holds are {"published" if s.publish_hold else "not published"}; '
+            + (f'commanding motion: twists to {self._output.topics["twist"]} at '
+               f'{s.output.command_rate_hz:g} Hz, gripper to {self._output.topics["gripper"]}'
+               if self._output.enabled else
+               f'DRY RUN: would-be commands on {self._output.topics["twist"]}; call '
+               f'{self.get_fully_qualified_name()}/enable with true to move'))
 
     # -- callbacks: cache only ------------------------------------------------------------------
     def _on_image(self, msg: Image) -> None:
         now = time.monotonic()
         seq = (self._frame.seq if self._frame else 0) + 1
-        self._frame = CachedFrame(msg=msg, arrival=now, seq=seq)
+        stamp = msg.header.stamp
+        self._frame = CachedFrame(msg=msg, arrival=now, seq=seq,
+                                  time_s=self._ros_now() if stamp.sec == 0 and
+                                  stamp.nanosec == 0 else stamp_to_seconds(stamp))
         self.counters.frames_received += 1
         self._frame_rate.tick(now)
-        if self._frame_guard is not None:
-            self._frame_guard.trigger()
+        if self.settings.trigger == 'frame':
+            self._worker.wake()
 
     def _on_instruction(self, msg: String) -> None:
         self._instruction_seq += 1
@@ -330,13 +237,23 @@ class PolicyNode(Node):
             self._bad_input('instruction', str(exc))
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
-        try:
-            self._ee_pose = valid_pose_arrays(msg)
-        except StateConversionError as exc:
-            self._ee_pose = None  # the robot state is unknown now, not what it was
+        try:  # a refused pose also forgets the last one: the state is unknown now
+            self._state_source.offer(msg, self._ros_now())
+        except StateProblem as exc:
             self._bad_input('ee_pose', str(exc))
+        self._state_arrived()
+
+    def _state_arrived(self) -> None:
+        if self._pairing_since is not None:
+            self._worker.wake()  # the waiting frame may have its state now
 
     def _on_joint_states(self, msg: JointState) -> None:
+        if self.settings.state_source == 'joint_states' and self._state_source is not None:
+            try:
+                self._state_source.offer(msg, self._ros_now())
+            except StateProblem as exc:
+                self._bad_input('joint_states', str(exc))
+            self._state_arrived()
         try:
             positions = joint_positions(msg, self.settings.gripper_joints)
         except StateConversionError as exc:
@@ -362,17 +279,56 @@ class PolicyNode(Node):
             self.get_logger().warning(line)
 
     # -- work -----------------------------------------------------------------------------------
-    def _on_frame_guard(self) -> None:
+    def _on_frame_ready(self) -> Optional[float]:
+        """Inference thread, ``trigger: frame``: act on a new frame; the seconds after which
+        to look again when it waits for its state."""
         frame = self._frame
         if frame is None or frame.seq == self._used_seq:
-            return
+            return None
+        now = time.monotonic()
+        wait = self._state_wait_left(frame, now)
+        if wait > 0:
+            return wait  # the state's callback wakes the thread sooner
         if self._pacer.ready(frame.arrival):
-            self._act(time.monotonic())
+            self._act(now)
+        return None
+
+    def _on_timer_step(self) -> None:
+        """Inference thread, ``trigger: timer``: one control tick."""
+        self._act(time.monotonic())
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        """A failure outside the model step (the step's own failures are holds): hold."""
+        with self._lock:
+            self.counters.errors += 1
+            self._publish(self._gate.hold(HoldReason.SOURCE_ERROR,
+                                          f'{type(exc).__name__}: {exc}'), answered=None)
+
+    def _state_wait_left(self, frame: CachedFrame, now: float) -> float:
+        """How much longer ``frame``, newer than every state, may wait for its own (s; 0: act).
+
+        A camera and a robot that stamp alike (a simulator, a replayed bag) send each frame's
+        pose at about the time of the frame; taking the previous one instead would feed the
+        model a pose one period old that training never paired with this picture.
+        """
+        wait = self.settings.state_pairing_wait_s
+        newest = None if self._state_source is None else self._state_source.newest_stamp_s()
+        if wait <= 0 or newest is None or newest >= frame.time_s:
+            self._pairing_since = None
+            return 0.0
+        if self._pairing_since is None:
+            self._pairing_since = now  # bounded from the first frame that waited
+        left = wait - (now - self._pairing_since)
+        if left > 0:
+            return left
+        self._pairing_since = None
+        return 0.0
 
     def _on_control_tick(self) -> None:
         now = time.monotonic()
+        if self.settings.trigger == 'timer' or self._pairing_since is not None:
+            self._worker.wake()  # a tick; or a frame whose state did not come: act anyway
         if self.settings.trigger == 'timer':
-            self._act(now)
             return
         # Frame-triggered: the timer only keeps holds flowing while frames do not arrive.
         age = None if self._frame is None else now - self._frame.arrival
@@ -380,55 +336,86 @@ class PolicyNode(Node):
             self._act(now)
 
     def _act(self, now: float) -> None:
-        """One control step on the newest frame: publish an action or a hold."""
-        if self._task_seq != self._instruction_seq:
-            self._start_task()
-        frame = self._frame
-        age = None if frame is None else now - frame.arrival
-        problem = self._gate.input_problem(age, self._instruction, self._instruction_refused)
-        if problem is not None:
-            detail = '' if age is None else f'newest frame is {age:.2f} s old'
-            self._publish(self._gate.hold(problem, detail if problem is HoldReason.STALE_IMAGE
-                                          else ''), stamp=None)
-            return
-        if frame.seq == self._used_seq:
-            self.counters.ticks_without_new_frame += 1
-            return
-        self._used_seq = frame.seq
-        self.counters.frames_used += 1
-        decision = self._decide(frame, now)
-        if decision.hold:  # a hold is not an answer to this frame: stamped with the time
-            self._publish(decision, stamp=None)
-        else:
-            self._publish(decision, stamp=frame.msg.header.stamp, arrival=frame.arrival)
+        """One control step on the newest frame: publish an action or a hold.
 
-    def _decide(self, frame: CachedFrame, now: float) -> Decision:
+        The model runs outside ``_lock``: a hold from the control timer (stale camera) or a
+        change of the enable switch is never kept waiting by inference."""
+        with self._lock:
+            if self._task_seq != self._instruction_seq:
+                self._start_task()
+            frame = self._frame
+            age = None if frame is None else now - frame.arrival
+            problem = self._gate.input_problem(age, self._instruction,
+                                               self._instruction_refused)
+            if problem is not None:
+                detail = '' if age is None else f'newest frame is {age:.2f} s old'
+                self._publish(self._gate.hold(problem, detail if problem is
+                                              HoldReason.STALE_IMAGE else ''), answered=None)
+                return
+            if frame.seq == self._used_seq:
+                self.counters.ticks_without_new_frame += 1
+                return
+            self._used_seq = frame.seq
+            self.counters.frames_used += 1
+            prepared = self._prepare(frame, now)
+            if isinstance(prepared, Decision):
+                self._publish(prepared, answered=None)
+                return
+        rgb, state, position = prepared
+        decision = self._infer(rgb, state, position, now)
+        with self._lock:
+            if decision.hold:  # a hold is not an answer to this frame
+                self._publish(decision, answered=None)
+            else:
+                self._publish(decision, answered=frame.msg.header, arrival=frame.arrival)
+
+    def _prepare(self, frame: CachedFrame, now: float):
+        """(rgb, state, measured position) for the model, or the hold that stops it."""
         try:
             rgb = image_to_rgb(frame.msg, self.settings.max_image_pixels)
         except ImageConversionError as exc:
             self._bad_input('image', str(exc), log=False)  # the BAD_IMAGE hold says it
             return self._gate.hold(HoldReason.BAD_IMAGE, str(exc))
+        self._check_camera(rgb.shape)
+        if self._camera_refused:
+            return self._gate.hold(HoldReason.DEPLOYMENT, self._camera_refused)
         if not self._has_commanded and self._measured_gripper is not None:
             self._gate.set_gripper(self._measured_gripper)
+        if self._expert is not None:
+            self._expert.now = now
+        pose, problem = self._fresh_pose(frame.time_s)
+        if pose is None and (self._needs_state or self.settings.safety.workspace is not None
+                             and self.settings.use_proprioception):
+            reason = HoldReason.STALE_STATE if problem else HoldReason.NO_STATE
+            return self._gate.hold(reason, problem)
+        state = None
+        if pose is not None and self.settings.use_proprioception:
+            state = np.concatenate([pose[0], pose[1], [self._gate.gripper]]).astype(np.float32)
+        # The model sees the pose of the frame's time; the workspace box judges the step
+        # from where the tool is now.
+        newest, _ = self._fresh_pose(None) if pose is not None else (None, '')
+        return rgb, state, None if newest is None else newest[0]
+
+    def _infer(self, rgb: np.ndarray, state: Optional[np.ndarray],
+               position: Optional[np.ndarray], now: float) -> Decision:
+        """The model's step (outside the lock), then the safety gate (inside)."""
         try:
             if self._instruction != self._encoded:
                 self._source.encode_instruction(self._instruction)
                 self._encoded = self._instruction
-            if self._expert is not None:
-                self._expert.now = now
-            state = self._state_vector()
-            if state is None and self._needs_state:
-                return self._gate.hold(HoldReason.NO_STATE)
             out = self._source.step(rgb, self._instruction, state)
         except SourceNotReady as exc:
-            return self._gate.hold(HoldReason.SOURCE_NOT_READY, str(exc))
+            with self._lock:
+                return self._gate.hold(HoldReason.SOURCE_NOT_READY, str(exc))
         except Exception as exc:  # noqa: BLE001 - any model failure must end in a hold
-            self.counters.errors += 1
-            return self._gate.hold(HoldReason.SOURCE_ERROR, f'{type(exc).__name__}: {exc}')
-        if out.alignment is not None and math.isfinite(out.alignment):
-            self._last_alignment = out.alignment
-            self._alignment_pub.publish(Float32(data=float(out.alignment)))
-        return self._gate.accept(out.action, out.alignment)
+            with self._lock:
+                self.counters.errors += 1
+                return self._gate.hold(HoldReason.SOURCE_ERROR, f'{type(exc).__name__}: {exc}')
+        with self._lock:
+            if out.alignment is not None and math.isfinite(out.alignment):
+                self._last_alignment = out.alignment
+                self._alignment_pub.publish(Float32(data=float(out.alignment)))
+            return self._gate.accept(out.action, out.alignment, position)
 
     def _start_task(self) -> None:
         """A new instruction message starts a task from the robot as measured.
@@ -445,15 +432,104 @@ class PolicyNode(Node):
         else:
             self._gate.set_gripper(self._gate.gripper)  # restart the rate limiter only
 
-    def _state_vector(self) -> Optional[np.ndarray]:
-        """ee position (3), quaternion xyzw (4), last gripper command (1); None if unknown."""
-        if not self.settings.use_proprioception or self._ee_pose is None:
-            return None
-        position, quaternion = self._ee_pose
-        return np.concatenate([position, quaternion, [self._gate.gripper]]).astype(np.float32)
+    def _check_camera(self, shape: tuple[int, ...]) -> None:
+        """The first frame's size, checked against the checkpoint's camera geometry."""
+        if self._camera_shape is None:
+            self._camera_shape = tuple(shape)
+            self._on_first_frame(shape)
 
-    def _publish(self, decision: Decision, stamp: Optional[Time],
+    def _on_first_frame(self, shape: tuple[int, ...]) -> None:
+        """The camera's geometry against the checkpoint's: a camera with another aspect ratio
+        sees another field of view through the same crop."""
+        if self._deployment is None:
+            return
+        from vla_align.model.deployment import compare_deployment
+
+        found = [m for m in compare_deployment(
+            self._deployment, control_rate_hz=self.settings.control_rate,
+            action_frame=self.settings.base_frame, camera_width=int(shape[1]),
+            camera_height=int(shape[0])) if m.field.startswith('camera')]
+        for mismatch in found:
+            if self.settings.deployment_checks == 'refuse' and \
+                    mismatch.field == 'camera_aspect_ratio':
+                self._camera_refused = mismatch.message
+                self.get_logger().error(f'holding for good: {mismatch.message} (set '
+                                        f'deployment_checks: warn to act anyway)')
+            else:
+                self.get_logger().warning(f'deployment check: {mismatch.message}')
+
+    def _check_deployment(self) -> Any:
+        """The checkpoint's training conditions against this node's (``model.deployment``):
+        with ``deployment_checks: refuse`` a mismatch stops the start with one line naming it;
+        ``warn`` logs it. Returns the checkpoint's DeploymentInfo (None: nothing to check)."""
+        policy = getattr(self._source, 'policy', None)
+        if policy is None or not hasattr(policy, 'metadata'):
+            return None  # expert relay, or a test's stand-in
+        from vla_align.model.deployment import (
+            compare_deployment,
+            deployment_from_metadata,
+            language_model_identity,
+        )
+
+        try:
+            info = deployment_from_metadata(policy.metadata)
+        except ValueError as exc:
+            raise StartupError(f'{NODE_NAME}: the checkpoint has malformed deployment '
+                               f'metadata: {exc}') from None
+        if info is None:
+            self.get_logger().warning('the checkpoint predates deployment metadata: its '
+                                      'control rate, frame, camera and language model cannot '
+                                      'be checked')
+            return None
+        _name, language_hash = language_model_identity(policy.config)
+        found = compare_deployment(info, control_rate_hz=self.settings.control_rate,
+                                   action_frame=self.settings.base_frame,
+                                   language_model_hash=language_hash)
+        # The state source is not compared: a PoseStamped, TF or forward kinematics all give
+        # the same tool pose in the base frame, in the layout data.state fixes.
+        for mismatch in found:
+            if self.settings.deployment_checks == 'refuse':
+                raise StartupError(f'{NODE_NAME}: refused: {mismatch.message} (set '
+                                   f'deployment_checks: warn to start anyway)')
+            self.get_logger().warning(f'deployment check: {mismatch.message}')
+        return info
+
+    def _make_state_source(self) -> Any:
+        """The end-effector pose source ``state_source`` names (``ros.robot_state``)."""
+        s = self.settings
+        try:
+            if s.state_source == 'pose':
+                return PoseStateSource(s.base_frame, age_by=s.state_age_by)
+            if s.state_source == 'tf':
+                return TfStateSource(self, s.base_frame, s.tool_frame)
+            return JointStateSource(s.urdf or None, tool_link=s.tool_frame,
+                                    base_link=s.base_frame, age_by=s.state_age_by)
+        except StateProblem as exc:
+            raise StartupError(f'{NODE_NAME}: state_source {s.state_source}: {exc}') from None
+
+    def _ros_now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _fresh_pose(self, at_s: Optional[float]
+                    ) -> tuple[Optional[tuple[np.ndarray, np.ndarray]], str]:
+        """The end-effector pose when the frame was taken (``at_s``; None: the newest) if
+        it is fresh:
+        ((position, quaternion), '') or (None, why not) -- no pose yet is (None, '')."""
+        if self._state_source is None:
+            return None, ''
+        try:
+            sample = self._state_source.latest(self._ros_now(),
+                                               self.settings.safety.max_state_age_s, at_s)
+        except NoStateYet:
+            return None, ''
+        except StateProblem as exc:
+            return None, str(exc)
+        return (np.asarray(sample.position, np.float32),
+                np.asarray(sample.quaternion, np.float32)), ''
+
+    def _publish(self, decision: Decision, answered: Optional[Header],
                  arrival: Optional[float] = None) -> None:
+        """Send a decision through the command output (call with ``_lock`` held)."""
         self._report(decision)
         if decision.hold:
             self.counters.holds += 1
@@ -467,18 +543,29 @@ class PolicyNode(Node):
             self.counters.clamped += decision.clamped
             self.counters.rate_limited += decision.rate_limited
             self.counters.ungrounded += decision.ungrounded
-        if stamp is None:
-            stamp = self.get_clock().now().to_msg()
-        self._action_pub.publish(action_to_multiarray(decision.action))
-        self._twist_pub.publish(action_to_twist(decision.action, self.settings.control_rate,
-                                                stamp, self.settings.base_frame))
-        self._gripper_pub.publish(gripper_msg(decision.action))
+            self.counters.workspace_limited += decision.workspace_limited
         done = time.monotonic()
+        self._output.publish(decision.action, answered, done)
         self._action_rate.tick(done)
-        if arrival is not None:
+        if arrival is not None and answered is not None:
             self._latency.add(done - arrival)
             now_ros = self.get_clock().now().nanoseconds * 1e-9
-            self._stamp_latency.add(now_ros - stamp_to_seconds(stamp))
+            self._stamp_latency.add(now_ros - stamp_to_seconds(answered.stamp))
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> Any:
+        """~/enable (std_srvs/SetBool): true commands motion, false returns to the dry run."""
+        with self._lock:
+            was = self._output.enabled
+            now = time.monotonic()
+            self._output.set_enabled(bool(request.data), now)
+            if request.data and not was:
+                self._start_task()  # resume from the robot as measured, not the dry run's
+            self._enable_changed_at = now
+        state = 'enabled: commanding motion' if request.data else 'disabled: dry run'
+        self.get_logger().info(f'motion {state} (twists to {self._output.topics["twist"]})')
+        response.success = True
+        response.message = state
+        return response
 
     def _report(self, decision: Decision) -> None:
         """Log each change of state once (never at the control rate)."""
@@ -542,16 +629,25 @@ class PolicyNode(Node):
             'bad_messages': c.bad_messages,
             'bad_inputs': self._bad_inputs.summary(),
             'instruction_refused': self._instruction_refused,
+            'motion_enabled': self._output.enabled,
+            'commands_to': self._output.topics['twist'],
+            'twists_published': self._output.published_twists,
+            'workspace_limited': c.workspace_limited,
         }
         status = diagnostic_status(f'{self.get_name()}: policy', self.settings.source, level,
                                    message, values)
         self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), status))
 
     def destroy_node(self) -> None:
+        worker = getattr(self, '_worker', None)
+        if worker is not None and not worker.stop():
+            self.get_logger().warning('the inference thread did not stop within 5 s')
         c = self.counters
         self.get_logger().info(f'stopping: {c.actions} actions, {c.holds} holds, '
                                f'{c.frames_received} frames ({c.frames_used} used), '
                                f'{c.errors} errors')
+        if getattr(self, '_state_source', None) is not None:
+            self._state_source.close()
         super().destroy_node()
 
 

@@ -25,7 +25,7 @@ INSTRUCTION_INPUT = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                                reliability=QoSReliabilityPolicy.RELIABLE,
                                durability=QoSDurabilityPolicy.VOLATILE)
 
-#: /vla/action, /vla/ee_twist, /vla/gripper: every command delivered, in order.
+#: /vla/action, /vla/action_frame, /vla/gripper: every decision delivered, in order.
 COMMANDS = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=10,
                       reliability=QoSReliabilityPolicy.RELIABLE,
                       durability=QoSDurabilityPolicy.VOLATILE)

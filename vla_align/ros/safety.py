@@ -32,11 +32,43 @@ class HoldReason(str, Enum):
     BAD_IMAGE = 'camera image could not be decoded'
     NO_INSTRUCTION = 'no instruction set'
     BAD_INSTRUCTION = 'instruction refused (too long or not printable text)'
-    NO_STATE = 'no valid robot state on /vla/ee_pose; the policy needs proprioception'
+    NO_STATE = 'no valid robot state; the policy needs proprioception'
+    STALE_STATE = 'robot state is stale'
+    DISABLED = 'motion is disabled (dry run)'
+    DEPLOYMENT = 'the camera does not match the checkpoint (deployment_checks: refuse)'
     SOURCE_NOT_READY = 'action source has no output yet'
     SOURCE_ERROR = 'action source failed'
     NON_FINITE = 'model output is not finite'
     UNGROUNDED = 'instruction is not grounded in the scene (alignment below threshold)'
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The box the commanded end-effector position must stay in (base frame, metres)."""
+
+    low: tuple[float, float, float]
+    high: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        low, high = np.asarray(self.low, float), np.asarray(self.high, float)
+        if low.shape != (3,) or high.shape != (3,) or not np.all(np.isfinite(low)) \
+                or not np.all(np.isfinite(high)) or np.any(low >= high):
+            raise ValueError(f'workspace needs 3 finite low < high values, got {self.low} '
+                             f'and {self.high}')
+
+    def limit(self, position: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """``delta`` (3,) cut so that ``position + delta`` stays in the box; from outside the box
+        only motion towards it is allowed (the arm is never driven further out)."""
+        position = np.asarray(position, np.float64)
+        low = np.minimum(np.asarray(self.low), position)
+        high = np.maximum(np.asarray(self.high), position)
+        target = np.clip(position + np.asarray(delta, np.float64), low, high)
+        return (target - position).astype(np.float32)
+
+    def contains(self, position: np.ndarray, atol: float = 1e-6) -> bool:
+        p = np.asarray(position, float)
+        return bool(np.all(p >= np.asarray(self.low) - atol)
+                    and np.all(p <= np.asarray(self.high) + atol))
 
 
 @dataclass(frozen=True)
@@ -50,6 +82,10 @@ class SafetyConfig:
     #: V-L alignment below this is flagged as ungrounded.
     alignment_threshold: float = 0.1
     refuse_ungrounded: bool = False
+    #: Where the commanded end effector may go (None: no box).
+    workspace: Optional[Workspace] = None
+    #: Hold when the newest robot state is older than this (s).
+    max_state_age_s: float = 0.5
 
     def __post_init__(self) -> None:
         if not (self.max_image_age_s > 0 and math.isfinite(self.max_image_age_s)):
@@ -70,6 +106,7 @@ class Decision:
     clamped: bool = False  # the model output was outside the limits
     rate_limited: bool = False  # the change from the previous action was cut
     ungrounded: bool = False  # alignment below threshold (published anyway unless refused)
+    workspace_limited: bool = False  # the motion was cut at the workspace box
 
     @property
     def hold(self) -> bool:
@@ -128,8 +165,10 @@ class SafetyGate:
         self._last = hold_action(self.gripper)
         return Decision(action=self._last.copy(), reason=reason, detail=detail)
 
-    def accept(self, raw_action: np.ndarray, alignment: Optional[float] = None) -> Decision:
-        """Clamp and rate-limit a model output, or hold when it is unusable."""
+    def accept(self, raw_action: np.ndarray, alignment: Optional[float] = None,
+               position: Optional[np.ndarray] = None) -> Decision:
+        """Clamp and rate-limit a model output, or hold when it is unusable; with the measured
+        end-effector ``position`` the translation is also kept inside the workspace box."""
         try:
             clamped = self.config.limits.clamp(raw_action)
         except UnsafeActionError as exc:
@@ -142,11 +181,16 @@ class SafetyGate:
         raw = np.asarray(raw_action, dtype=np.float32).reshape(-1)
         limited = limit_change(self._last, clamped, self.config.max_translation_change,
                                self.config.max_rotation_change)
-        self._last = limited
-        return Decision(action=limited.copy(), reason=None,
+        boxed = limited
+        if self.config.workspace is not None and position is not None:
+            boxed = limited.copy()
+            boxed[TRANSLATION] = self.config.workspace.limit(position, limited[TRANSLATION])
+        self._last = boxed
+        return Decision(action=boxed.copy(), reason=None,
                         clamped=not np.array_equal(clamped, raw),
                         rate_limited=not np.array_equal(limited, clamped),
-                        ungrounded=ungrounded)
+                        ungrounded=ungrounded,
+                        workspace_limited=not np.array_equal(boxed, limited))
 
 
 class StateChangeReporter:

@@ -12,7 +12,9 @@ INSTRUCTION_IN = '/vla/instruction_in'
 JOINT_STATES = '/joint_states'
 EE_POSE = '/vla/ee_pose'
 ACTION = '/vla/action'
-EE_TWIST = '/vla/ee_twist'
+#: std_msgs/Header per /vla/action: the stamp and frame of the camera image it answers
+#: (frame_id 'hold' for a hold), so recordings are scored frame by frame.
+ACTION_FRAME = '/vla/action_frame'
 GRIPPER = '/vla/gripper'
 ALIGNMENT = '/vla/alignment'
 DIAGNOSTICS = '/diagnostics'

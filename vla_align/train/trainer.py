@@ -36,6 +36,7 @@ from vla_align.data.dataset import (
     split_episodes,
 )
 from vla_align.data.normalization import NormalizationStats
+from vla_align.data.state import STATE_LABELS
 from vla_align.data.transforms import TrainAugmentation
 from vla_align.evaluation.alignment_metrics import (
     action_errors,
@@ -48,6 +49,7 @@ from vla_align.model.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )
+from vla_align.model.deployment import DeploymentInfo, git_state, language_model_identity
 from vla_align.model.device import autocast, autocast_dtype
 from vla_align.model.language import TextEmbedding
 from vla_align.model.processing import uint8_to_float
@@ -57,6 +59,11 @@ from vla_align.train.distributed import DistContext
 from vla_align.train.report import write_report
 
 EVAL_BATCH = 256
+#: Deployment defaults for caches built in memory (no contract): the simulator's, as in
+#: config/contracts/sim_panda.yaml.
+DEFAULT_CONTROL_RATE_HZ = 10.0
+DEFAULT_ACTION_FRAME = 'panda_link0'
+DEFAULT_STATE_SOURCE = 'pose'
 
 
 @dataclass
@@ -79,6 +86,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.progress = progress and self.dist.is_main
         self.cache = cache
+        # The code that trains is the code at start: the tree may change before a save.
+        self.git_commit, self.git_dirty = git_state()
         opt = config.optim
 
         episodes = cache.select_episodes(splits=config.data.splits,
@@ -117,6 +126,8 @@ class Trainer:
             self.stats = NormalizationStats.from_data(cache.actions[train_rows],
                                                       cache.states[train_rows])
         self.model = model.to(self.device)
+        # What a deployment must match (the language folder hashed now, at training start).
+        self.deployment = self._deployment_info() if self.dist.is_main else None
         self.channels_last = True  # faster convolutions on oneDNN (CPU) and cuDNN alike
         self.model.vision.trunk.to(memory_format=torch.channels_last)
         self.text_table = self._encode_instructions() if config.model.freeze_language else None
@@ -372,12 +383,36 @@ class Trainer:
                                                np.concatenate(act), np.concatenate(instr),
                                                identical_action_ids(chunks))}
 
+    def _deployment_info(self) -> DeploymentInfo:
+        """Training conditions from the cache's contract; the simulator's defaults for caches
+        built in memory. The cache format holds no frame resolution or intrinsics: they come
+        from the contract dict where it has them (else None: not checked)."""
+        contract = self.cache.contract or {}
+        model = self.config.model
+        language, language_hash = language_model_identity(model)
+        intrinsics = contract.get('camera_intrinsics')
+        return DeploymentInfo(
+            control_rate_hz=float(contract.get('control_rate_hz') or DEFAULT_CONTROL_RATE_HZ),
+            action_frame=(contract['base_frame'] if 'base_frame' in contract
+                          else DEFAULT_ACTION_FRAME),
+            image_size=model.image_size, image_crop=model.image_crop,
+            camera_width=contract.get('camera_width'),
+            camera_height=contract.get('camera_height'),
+            camera_intrinsics=None if intrinsics is None else tuple(intrinsics),
+            state_source=contract.get('state_source', DEFAULT_STATE_SOURCE),
+            state_layout=STATE_LABELS, language_model=language,
+            language_model_hash=language_hash, contract=contract.get('name'),
+            git_commit=self.git_commit, git_dirty=self.git_dirty)
+
     def _metadata(self, metrics: dict[str, Any]) -> dict[str, Any]:
         report = self.cache.report
         return {'seed': self.config.seed, 'step': self.step, 'data': self.data_summary(),
                 'metrics': metrics, 'train_config': self.config.to_dict(),
-                # What deployment must match (the contract's rate, frame, state source...).
+                # The training-start tree, not the one at save time (save_checkpoint's default).
+                'git_commit': self.git_commit, 'git_dirty': self.git_dirty,
                 'contract': self.cache.contract,
+                # What deployment must match (the contract's rate, frame, state source...).
+                'deployment': None if self.deployment is None else self.deployment.to_dict(),
                 'data_report': None if report is None else asdict(report)}
 
     def data_summary(self) -> dict[str, Any]:
