@@ -22,7 +22,7 @@ from vla_align.data.bag_io import (
 from vla_align.data.contract import load_contract
 from vla_align.data.contract_reader import ContractBagError, read_contract_episodes
 from vla_align.data.episode import CameraGeometry, Episode, TaskInfo
-from vla_align.data.state import canonical_quaternion
+from vla_align.data.state import unit_quaternion
 
 NUM_STEPS = 12
 TOPICS = BagTopics()
@@ -101,9 +101,9 @@ def test_round_trip_through_the_contract_is_exact(tmp_path, episode, storage):
         original, back = getattr(episode, name), getattr(restored, name)
         assert back.dtype == original.dtype, name
         assert np.array_equal(back, original), name
-    # Orientations come back canonical: unit length, w >= 0 (q and -q are one orientation).
+    # Orientations come back unit length with their sign (the policy's statistics canonicalise).
     np.testing.assert_allclose(restored.ee_orientations,
-                               canonical_quaternion(episode.ee_orientations), atol=1e-6)
+                               unit_quaternion(episode.ee_orientations), atol=1e-6)
     np.testing.assert_allclose(restored.states(), episode.states(), atol=1e-6)
     assert restored.task == episode.task
     assert (restored.seed, restored.success, restored.control_hz) == (1234, True, 7.5)

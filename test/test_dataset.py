@@ -212,3 +212,59 @@ def test_normalisation_round_trips_and_leaves_the_gripper_alone(tmp_path):
     loaded = NormalizationStats.load(tmp_path / 'n.json')
     for name in ('action_mean', 'action_std', 'state_mean', 'state_std'):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(stats, name))
+
+
+def _states(quaternions: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(quaternions), STATE_DIM), np.float32)
+    out[:, :3] = (0.5, 0.0, 0.1)
+    out[:, 3:7] = quaternions
+    return out
+
+
+def test_a_hand_pointing_down_never_flips_sign_where_w_crosses_zero():
+    """A Panda hand pointing down is q = (1, 0, 0, ~0): a fixed w >= 0 rule flipped the whole
+    quaternion for tiny wrist motions and broke the shipped policy's pick, put and stack. The
+    statistics canonicalise against the training data's mean orientation instead."""
+    rng = np.random.default_rng(1)
+    tilt = rng.normal(0.0, 0.02, (200, 3))
+    quaternions = np.concatenate([np.ones((200, 1)), tilt], axis=1)
+    quaternions /= np.linalg.norm(quaternions, axis=1, keepdims=True)
+    signs = rng.choice([-1.0, 1.0], (200, 1))  # as recorded: either sign
+    stats = NormalizationStats.from_data(np.zeros((200, 7)), _states(signs * quaternions))
+    np.testing.assert_allclose(np.abs(stats.orientation_reference), [1, 0, 0, 0], atol=0.01)
+    assert stats.state_std[3:7].max() < 0.1  # the flips did not inflate the spread
+    near = _states(np.array([[1.0, 0.0, 0.0, 1e-3], [1.0, 0.0, 0.0, -1e-3],
+                             [-1.0, 0.0, 0.0, 1e-3], [-1.0, 0.0, 0.0, -1e-3]]))
+    features = stats.normalize_states(near)
+    # w = +-0.001 either side of zero and q vs -q: features at most 0.002 / std apart.
+    spread = np.abs(features - features[0]).max(axis=0)
+    assert spread[3:7].max() <= 0.0021 / stats.state_std[3:7].min()
+    torch_features = stats.normalize_states(torch.from_numpy(near)).numpy()
+    np.testing.assert_allclose(torch_features, features, atol=1e-5)
+
+
+def test_the_mean_orientation_ignores_the_signs_it_is_given():
+    from vla_align.data.state import mean_orientation
+
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(50, 4)) * 0.05 + np.array([0.0, 0.7, 0.0, 0.7])
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    flipped = q * rng.choice([-1.0, 1.0], (50, 1))
+    np.testing.assert_allclose(mean_orientation(q), mean_orientation(flipped), atol=1e-9)
+    assert abs(mean_orientation(q) @ np.array([0.0, 0.7071, 0.0, 0.7071])) > 0.99
+
+
+def test_checkpoints_from_before_canonicalisation_take_their_reference_from_the_mean():
+    """The shipped statistics: quaternion mean (1, 0, 0, -3e-6), std 1e-3. Its policy sees the
+    same features whichever sign a robot reports, and no jump where w changes sign."""
+    from pathlib import Path
+
+    shipped = NormalizationStats.load(Path(__file__).resolve().parents[1] / 'checkpoints' /
+                                      'default' / 'normalization.json')
+    close = _states(np.array([[0.9998, 0.0, 0.02, 5e-4], [0.9998, 0.0, 0.02, -5e-4],
+                              [-0.9998, 0.0, -0.02, 5e-4]]))
+    a, b, c = shipped.normalize_states(close)
+    np.testing.assert_allclose(a[:6], b[:6], atol=1e-4)  # only qw moved, by 1e-3 / std
+    assert abs(a[6] - b[6]) <= 1.01e-3 / shipped.state_std[6]
+    np.testing.assert_allclose(c, b, atol=1e-4)  # -q of the second
+    assert np.abs(a[3:7]).max() < 30  # w >= 0 made one of them read as qx z = -2000

@@ -13,7 +13,8 @@ control grid: a frame is kept when at least 3/4 of a control period has passed s
 kept one (a 30 Hz camera at a 10 Hz contract keeps every third). For a kept frame at time t:
 
 * state: the newest pose (or TF chain) at or before t, at most ``max_skew_s`` old; quaternion
-  made canonical (``data.state``); a pose in another frame than ``base_frame`` is refused;
+  made unit length (the policy's statistics pick its sign, ``data.state``); a pose in another
+  frame than ``base_frame`` is refused;
 * instruction: given on the command line, else the newest non-empty message of the instruction
   topic at or before t, else the episode metadata's;
 * action ``array``: the first 7-value array logged in [t, t + period + skew) and before the next
@@ -47,7 +48,7 @@ from vla_align.data.contract import TopicContract
 from vla_align.data.episode import CameraGeometry, Episode, TaskInfo
 from vla_align.data.episode_meta import EpisodeMetadata, EpisodeMetadataError
 from vla_align.data.images import decode_image
-from vla_align.data.state import STATE_DIM, canonical_quaternion
+from vla_align.data.state import STATE_DIM, unit_quaternion
 from vla_align.data.tf_buffer import TransformBuffer
 
 #: Types each role accepts (the bag's own type decides how it is read).
@@ -308,7 +309,7 @@ def _take(s: _Streams, role: str, t: int, msg: Any, msgtype: str,
         position, quaternion = rm.pose_from_msg(msg)
         if not np.all(np.isfinite(position)):
             raise ValueError('non-finite position')
-        s.poses.append((t, np.concatenate([position, canonical_quaternion(quaternion)])))
+        s.poses.append((t, np.concatenate([position, unit_quaternion(quaternion)])))
     elif role in ('tf', 'tf_static'):
         s.tf.add_message(msg, t, static=role == 'tf_static',
                          use_header=contract.timestamps == 'header')

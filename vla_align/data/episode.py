@@ -92,7 +92,8 @@ class Episode:
         return len(self.images)
 
     def states(self) -> np.ndarray:
-        """(T, STATE_DIM) proprioception (``data.state``): canonical quaternions."""
+        """(T, STATE_DIM) proprioception (``data.state``): unit quaternions, sign as recorded
+        (the normalization statistics canonicalise them)."""
         raw = np.concatenate([self.ee_positions, self.ee_orientations,
                               self.grippers[:, None]], axis=1)
-        return canonical_states(raw)
+        return canonical_states(raw, None)

@@ -2,6 +2,10 @@
 
 The model regresses z-scored arm deltas and sees z-scored proprioception; the statistics travel
 inside every checkpoint (``normalization.json``) so the policy de-normalises exactly as trained.
+States are canonicalised before they are z-scored: each quaternion takes the sign that puts it in
+the hemisphere of the training data's mean orientation (``data.state``), which the quaternion
+part of ``state_mean`` holds -- so checkpoints written before canonicalisation existed get it
+too, with the reference their own data implies.
 The gripper (action index 6) is never normalised: it is a probability target in [0, 1].
 Works on numpy arrays and torch tensors alike (broadcasting over leading dimensions).
 """
@@ -15,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vla_align.actions import ACTION_DIM, GRIPPER
-from vla_align.data.state import QUATERNION, STATE_DIM
+from vla_align.data.state import QUATERNION, STATE_DIM, canonical_states, mean_orientation
 
 Array = TypeVar('Array')
 #: Std floor: a dimension the expert never moves (e.g. roll) must not blow up to huge z-scores.
@@ -23,6 +27,7 @@ MIN_STD = 1e-3
 #: Std floor of the state's quaternion components: demonstrations that never tilt the hand
 #: gave a std of 1e-3, so a 3 degree tilt at run time read as z = 5.9; 0.05 is ~6 degrees.
 QUATERNION_MIN_STD = 0.05
+IDENTITY_QUATERNION = np.array([0.0, 0.0, 0.0, 1.0])
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,12 @@ class NormalizationStats:
         states = np.asarray(states, dtype=np.float64)
         if len(actions) == 0:
             raise ValueError('cannot compute normalization statistics from zero frames')
+        quaternions = states[:, QUATERNION]
+        usable = np.all(np.isfinite(quaternions), axis=1) & (
+            np.linalg.norm(np.nan_to_num(quaternions), axis=1) > 1e-9)
+        if np.any(usable):  # robots without orientation (state source none) have zeros
+            reference = mean_orientation(quaternions[usable])
+            states = canonical_states(states, reference).astype(np.float64)
         a_mean, a_std = actions.mean(0), np.maximum(actions.std(0), MIN_STD)
         a_mean[GRIPPER], a_std[GRIPPER] = 0.0, 1.0
         s_std = np.maximum(states.std(0), MIN_STD)
@@ -70,7 +81,29 @@ class NormalizationStats:
         return actions * self._like(self.action_std, actions) + self._like(self.action_mean,
                                                                            actions)
 
+    @property
+    def orientation_reference(self) -> np.ndarray:
+        """The quaternion whose hemisphere every state quaternion is put in: the training data's
+        mean orientation; the identity (``w >= 0``) for statistics without one (untrained)."""
+        mean = self.state_mean[QUATERNION].astype(np.float64)
+        norm = float(np.linalg.norm(mean))
+        return IDENTITY_QUATERNION if norm < 1e-3 else mean / norm
+
+    def canonicalize_states(self, states: Array) -> Array:
+        """(..., STATE_DIM) states with each quaternion in the reference's hemisphere."""
+        reference = self.orientation_reference
+        if isinstance(states, np.ndarray):
+            flat = states.reshape(-1, STATE_DIM)
+            return canonical_states(flat, reference).astype(states.dtype).reshape(states.shape)
+        sign = torch_sign(states[..., QUATERNION] @ self._like(reference.astype(np.float32),
+                                                               states))
+        out = states.clone()
+        out[..., QUATERNION] = states[..., QUATERNION] * sign[..., None]
+        return out
+
     def normalize_states(self, states: Array) -> Array:
+        """Canonicalised (``canonicalize_states``), then z-scored."""
+        states = self.canonicalize_states(states)
         return (states - self._like(self.state_mean, states)) / self._like(self.state_std,
                                                                            states)
 
@@ -102,3 +135,10 @@ class NormalizationStats:
     @classmethod
     def load(cls, path: str | Path) -> NormalizationStats:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def torch_sign(dot: Any) -> Any:
+    """+1 where ``dot >= 0``, else -1 (a torch tensor): the quaternion sign flip."""
+    import torch
+
+    return torch.where(dot < 0, -torch.ones_like(dot), torch.ones_like(dot))

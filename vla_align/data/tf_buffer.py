@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vla_align.data.state import canonical_quaternion
+from vla_align.data.state import unit_quaternion
 
 
 class TransformBuffer:
@@ -30,7 +30,7 @@ class TransformBuffer:
         parent, child = parent.lstrip('/'), child.lstrip('/')
         if not parent or not child or parent == child:
             raise ValueError(f'transform {parent!r} -> {child!r} names no edge')
-        value = (np.asarray(translation, np.float64), canonical_quaternion(quaternion_xyzw))
+        value = (np.asarray(translation, np.float64), unit_quaternion(quaternion_xyzw))
         if not np.all(np.isfinite(value[0])):
             raise ValueError('non-finite transform')
         key = (parent, child)
@@ -60,7 +60,7 @@ class TransformBuffer:
 
     def lookup(self, parent: str, child: str, time_ns: int,
                max_age_ns: int) -> Optional[np.ndarray]:
-        """(7,) position + canonical quaternion of ``child`` in ``parent`` at ``time_ns``, from
+        """(7,) position + unit quaternion of ``child`` in ``parent`` at ``time_ns``, from
         the newest transform of each dynamic edge at most ``max_age_ns`` old; None when the
         chain is broken or too old."""
         path = self._path(parent.lstrip('/'), child.lstrip('/'))
@@ -77,7 +77,7 @@ class TransformBuffer:
                 edge = (-inv_rot.apply(inverse[0]), inv_rot.as_quat())
             translation = translation + rotation.apply(edge[0])
             rotation = rotation * Rotation.from_quat(edge[1])
-        return np.concatenate([translation, canonical_quaternion(rotation.as_quat())])
+        return np.concatenate([translation, unit_quaternion(rotation.as_quat())])
 
     def _at(self, key: tuple[str, str], time_ns: int,
             max_age_ns: int) -> Optional[tuple[np.ndarray, np.ndarray]]:

@@ -29,7 +29,7 @@ import torch
 
 from vla_align.actions import GRIPPER
 from vla_align.data.normalization import NormalizationStats
-from vla_align.data.state import STATE_DIM, canonical_states
+from vla_align.data.state import STATE_DIM
 from vla_align.model.checkpoint import load_checkpoint, save_checkpoint
 from vla_align.model.config import PolicyConfig
 from vla_align.model.deployment import DeploymentInfo, deployment_from_metadata
@@ -270,7 +270,7 @@ class Policy:
                              f'{_describe(states)}') from exc
         if not np.all(np.isfinite(arr)):
             raise ValueError(f'state has non-finite values: {arr.tolist()}')
-        arr = canonical_states(arr)  # q and -q are one orientation: the model sees one
+        # q and -q are one orientation: normalize_states canonicalises, the model sees one.
         return torch.from_numpy(self.stats.normalize_states(arr)).to(self.device)
 
 

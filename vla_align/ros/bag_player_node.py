@@ -5,7 +5,7 @@ robot-state messages go to the running policy node, whose output a recorder writ
 (``config/replay_graph.yaml``; scored with ``vla-align eval-bag BAG --predictions REC``).
 
 * Messages are published as recorded (the serialized bytes, so header stamps are the bag's):
-  the policy node's ``/vla/ee_twist`` then carries the stamp of the bag frame it answers.
+  the policy node's ``/vla/action_frame`` then carries the stamp of the bag frame it answers.
 * Pace: message ``i`` is published ``(t_i - t_0) / rate`` seconds after the start; ``rate`` 2.0
   replays twice as fast. Messages logged at the same time are published image last, so the
   policy sees the robot state of a frame before the frame (as in the simulator).

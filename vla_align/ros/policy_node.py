@@ -1,10 +1,14 @@
 """policy_node: newest camera frame + current instruction -> one safe 7-DoF action per step.
 
 Subscribes /camera/image_raw (sensor QoS, newest frame only), /vla/instruction (latched) and,
-for proprioception, /vla/ee_pose and /joint_states. Publishes /vla/action (the canonical
-Float32MultiArray), /vla/ee_twist (TwistStamped *velocities* = delta x control_rate, in
-``base_frame``, stamped with the stamp of the image the action was computed from; holds carry
-the current time), /vla/gripper, /vla/alignment and /diagnostics.
+for proprioception, the end-effector pose (``state_source``: /vla/ee_pose, TF, or /joint_states
++ the URDF; ``ros.robot_state``) and /joint_states (the measured gripper). Publishes what a
+robot cell takes (``ros.command_output``): MoveIt Servo twists on /servo_node/delta_twist_cmds
+(TwistStamped, delta x control_rate, in ``base_frame``, stamped at publish time, streamed at
+``command_rate_hz``), the gripper's forward command controller input, /vla/action (the
+canonical Float32MultiArray) with /vla/action_frame (the header of the image it answers), and
+/vla/gripper, /vla/alignment and /diagnostics. In a dry run (``start_enabled: false`` until
+``~/enable``) the commands go to /vla/dry_run/* instead.
 
 When it runs: with ``trigger: frame`` (default) each new frame is acted on as soon as it
 arrives, at most ``pace_rate_hz`` times a second (``pacing.FramePacer``); the subscription

@@ -2,7 +2,7 @@
 
 No robot driver publishes our /vla/ee_pose; most publish ``/joint_states`` (and, through
 robot_state_publisher, TF). Three interchangeable sources give the same ``StateSample`` (pose
-of the tool in the robot base frame, canonical quaternion, the ROS time it describes):
+of the tool in the robot base frame, unit quaternion, the ROS time it describes):
 
 * ``PoseStateSource``: geometry_msgs/PoseStamped offered by a subscription callback.
 * ``TfStateSource``: the newest base -> tool transform of a tf2_ros buffer (needs tf2_ros).
@@ -32,7 +32,7 @@ from geometry_msgs.msg import PoseStamped
 import numpy as np
 from sensor_msgs.msg import JointState
 
-from vla_align.data.state import canonical_quaternion
+from vla_align.data.state import unit_quaternion
 from vla_align.ros.conversions import (
     StateConversionError,
     joint_positions,
@@ -66,7 +66,7 @@ class StateSample:
     """The end-effector pose in the robot base frame at one instant."""
 
     position: np.ndarray  # (3,) m, base frame
-    quaternion: np.ndarray  # (4,) xyzw, canonical (w >= 0), base frame
+    quaternion: np.ndarray  # (4,) xyzw, unit length (the policy canonicalises), base frame
     stamp_s: float  # the time it describes (header stamp; arrival if unset), s: pairs it
     age_from_s: float  # the time its age is judged from (stamp or arrival, ``age_by``), s
     source: str  # 'pose' | 'tf' | 'joint_states'
@@ -216,7 +216,7 @@ class PoseStateSource:
         p, q = msg.pose.position, msg.pose.orientation
         stamp_s, age_from_s = _sample_times(msg.header.stamp, arrival_s, self.age_by)
         return StateSample(position=np.array([p.x, p.y, p.z], dtype=np.float64),
-                           quaternion=canonical_quaternion([q.x, q.y, q.z, q.w]),
+                           quaternion=unit_quaternion([q.x, q.y, q.z, q.w]),
                            stamp_s=stamp_s, age_from_s=age_from_s, source='pose')
 
     def latest(self, now_s: float, max_age_s: float,
@@ -296,7 +296,7 @@ class TfStateSource:
                                f'finite: {position.tolist()}, {quaternion.tolist()}')
         stamp = msg.header.stamp
         stamp_s = now_s if stamp.sec == 0 and stamp.nanosec == 0 else stamp_to_seconds(stamp)
-        sample = StateSample(position=position, quaternion=canonical_quaternion(quaternion),
+        sample = StateSample(position=position, quaternion=unit_quaternion(quaternion),
                              stamp_s=stamp_s, age_from_s=stamp_s, source='tf')
         return checked_age(sample, now_s, max_age_s, 'transform')
 
@@ -456,7 +456,7 @@ class JointStateSource:
         if memo is not None and memo[0] is values:
             return memo[1]
         position, quaternion = self.forward_kinematics(values)
-        sample = StateSample(position=position, quaternion=canonical_quaternion(quaternion),
+        sample = StateSample(position=position, quaternion=unit_quaternion(quaternion),
                              stamp_s=stamp_s, age_from_s=age_from_s, source='joint_states')
         self._memo = (values, sample)
         return sample
