@@ -165,3 +165,40 @@ def test_sigterm_and_ctrl_c_shut_every_node_down_cleanly(ros_environment, tmp_pa
     for (name, signum), (status, text) in outputs.items():
         assert status == 0, (name, signum, text)
         assert 'stopping' in text and 'Traceback' not in text, (name, signum, text)
+
+
+def test_stop_time_is_when_servo_would_halt():
+    from vla_align.ros.faults import SERVO_TIMEOUT_S, stop_time
+
+    stream = [(0.00, 0.2), (0.02, 0.2), (0.04, 0.2), (0.06, 0.0), (0.08, 0.0)]
+    assert stop_time(stream, 0.03, 1.0) == pytest.approx(0.06)  # the first zero after motion
+    silent = stream[:3]  # the node died: nothing after 0.04
+    assert stop_time(silent, 0.03, 1.0) == pytest.approx(0.04 + SERVO_TIMEOUT_S)
+    assert stop_time(silent, 0.03, 0.1) is None  # still moving at 0.1 as far as Servo knows
+    late_zero = [(0.0, 0.2), (0.5, 0.0)]  # a zero long after the timeout: halted at 0.1
+    assert stop_time(late_zero, 0.0, 1.0) == pytest.approx(SERVO_TIMEOUT_S)
+    assert stop_time([(0.0, 0.0)], 0.3, 1.0) == 0.3  # nothing moved: halted already
+    assert stop_time(stream, 0.5, 1.0) == 0.5  # it had halted before the fault
+
+
+@pytest.mark.slow
+def test_fault_scenarios_on_the_live_robot_path(ros_environment, tmp_path):
+    """Real processes: a camera node and the shipped policy started from the robot graph's
+    parameters, killed and restarted; the pose stream stopped; ~/enable false; the
+    instruction cleared; a recorder SIGKILLed. Every scenario must pass its rule."""
+    from vla_align.ros.faults import FaultCampaign, FaultConfig
+
+    report = FaultCampaign(FaultConfig(out_dir=tmp_path, domain_id=ros_environment,
+                                       observe_s=1.0)).run()
+    results = {s['name']: s for s in report['scenarios']}
+    assert list(results) == ['dry_run', 'enable_false', 'state_silent', 'camera_killed',
+                             'instruction_change', 'policy_killed', 'recorder_killed']
+    failed = {name: s for name, s in results.items() if not s['passed']}
+    assert not failed, failed
+    assert results['dry_run']['figures']['command_twists_before_enable'] == 0
+    assert results['policy_killed']['figures']['command_twists_before_enable'] == 0
+    for name in ('enable_false', 'state_silent', 'camera_killed', 'instruction_change'):
+        assert 0.0 <= results[name]['time_to_stop_s'] <= results[name]['figures']['limit_s']
+    recorded = results['recorder_killed']['figures']
+    assert recorded['published'] >= 300 and recorded['lost_s'] <= 1.0
+    assert report['policy_exit_status'] == 0 and report['policy_tracebacks'] == 0

@@ -28,8 +28,6 @@ import json
 import math
 import os
 from pathlib import Path
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ import numpy as np
 
 from vla_align.actions import ACTION_LAYOUT_LABEL, ActionLimits
 from vla_align.ros.isolation import private_ros_domain
+from vla_align.ros.node_harness import NodeProcess
 
 #: Policy-node limits used by the campaign (the node's defaults).
 LIMITS = ActionLimits()
@@ -267,49 +266,6 @@ class SubscriberResult:
 
 
 # --- processes and the driver node --------------------------------------------------------------
-
-class NodeProcess:
-    """One node started as ``python -m vla_align.ros.<module>``; its log goes to a file."""
-
-    def __init__(self, module: str, params: dict[str, object], log_path: Path,
-                 env: dict[str, str]) -> None:
-        args = [sys.executable, '-m', f'vla_align.ros.{module}', '--ros-args']
-        for key, value in params.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            args += ['-p', f'{key}:={text}']
-        self.name = module
-        self.log_path = log_path
-        self._log = open(log_path, 'w')  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=os.getcwd())
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors='replace')
-
-    def log_lines(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if line.strip()]
-
-    def crashed(self) -> bool:
-        return not self.alive() or 'Traceback' in self.log_text()
-
-    def stop(self, timeout_s: float = 20.0) -> Optional[int]:
-        """SIGTERM, then the exit status (None if it had to be killed)."""
-        status: Optional[int] = None
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                status = self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        else:
-            status = self.process.returncode
-        self._log.close()
-        return status
-
 
 class Driver:
     """The campaign's own node: publishes inputs, records what the target publishes."""
