@@ -10,6 +10,7 @@ import pytest
 from vla_align.ros.episode_status import EpisodeStatus
 from vla_align.ros.instructions import (
     REFUSED_CATEGORIES,
+    WHITESPACE_CONTROLS,
     InstructionError,
     LineReader,
     normalize_instruction,
@@ -44,7 +45,7 @@ def test_separators_and_any_script_are_instructions():
 @given(st.text(max_size=300))
 @settings(max_examples=300, deadline=None)
 def test_any_text_is_refused_or_becomes_clean_printable_text(text):
-    refused = any(unicodedata.category(c) in REFUSED_CATEGORIES and c not in '\t\n\r'
+    refused = any(unicodedata.category(c) in REFUSED_CATEGORIES and c not in WHITESPACE_CONTROLS
                   for c in text)
     try:
         out = normalize_instruction(text, 120)

@@ -4,13 +4,15 @@ What an instruction may contain, by Unicode general category, judged on the text
 (before whitespace is collapsed, so nothing refused can hide as whitespace):
 
 * letters, marks, numbers, punctuation and symbols (L*, M*, N*, P*, S*): any script, emoji too;
-* separators (Zs, Zl, Zp: space, no-break space, line and paragraph separators) and the three
-  ordinary control whitespaces tab, line feed and carriage return: collapsed to single spaces;
-* nothing else. Control characters (Cc) -- NUL, ESC, DEL, the C1 controls including U+0085
-  NEXT LINE, which Python's ``str.split`` treats as whitespace and once let a control-laden
-  instruction through -- format characters (Cf: zero-width spaces and joiners, bidirectional
-  overrides that make text display differently from what it says), surrogates (Cs), private
-  use (Co) and unassigned code points (Cn) are refused with their code point named.
+* separators (Zs, Zl, Zp: space, no-break space, line and paragraph separators) and the ASCII
+  whitespace controls (tab, line feed, vertical tab, form feed, carriage return: C's
+  ``isspace``): collapsed to single spaces;
+* nothing else. Control characters (Cc) -- NUL, ESC, DEL, U+001C..U+001F and the C1 controls
+  including U+0085 NEXT LINE, which Python's ``str.split`` treats as whitespace (NEL once let a
+  control-laden instruction through) -- format characters (Cf: zero-width spaces and joiners,
+  bidirectional overrides that make text display differently from what it says), surrogates
+  (Cs), private use (Co) and unassigned code points (Cn) are refused with their code point
+  named.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import unicodedata
 #: Categories no instruction may contain (see the module docstring).
 REFUSED_CATEGORIES = frozenset({'Cc', 'Cf', 'Cs', 'Co', 'Cn'})
 #: Control characters that are ordinary whitespace in typed text.
-WHITESPACE_CONTROLS = frozenset('\t\n\r')
+WHITESPACE_CONTROLS = frozenset('\t\n\x0b\x0c\r')
 
 
 class InstructionError(ValueError):
