@@ -19,9 +19,8 @@ from test_ros_nodes import Probe
 from vla_align.actions import ActionLimits
 from vla_align.ros import qos, topics
 from vla_align.ros.conversions import action_to_multiarray, pose_msg
-from vla_align.ros.fuzz_campaign import (
-    FLOOD_LINES,
-    HAND_TRACKING_TOLERANCE_M,
+from vla_align.ros.fuzz_campaign import FLOOD_LINES, HAND_TRACKING_TOLERANCE_M
+from vla_align.ros.fuzz_inputs import (
     action_inputs,
     image_inputs,
     instruction_texts,
@@ -92,10 +91,9 @@ def policy_setup(ros_context, spin):
 def test_every_policy_subscriber_survives_bad_messages_without_acting_on_them(
         policy_setup, spin, capfd):
     policy, probe, source, nodes = policy_setup
-    rng = np.random.default_rng(1)
     capfd.readouterr()
-    bad_inputs = {'image': image_inputs(rng, N), 'instruction': instruction_texts(rng, N),
-                  'ee_pose': pose_inputs(rng, N), 'joint_states': joint_state_inputs(rng, N)}
+    bad_inputs = {'image': image_inputs(1, N), 'instruction': instruction_texts(2, N),
+                  'ee_pose': pose_inputs(3, N), 'joint_states': joint_state_inputs(4, N)}
     for subscriber, inputs in bad_inputs.items():
         seen_before = len(source.seen)
         for item in inputs:
@@ -144,7 +142,7 @@ def test_out_of_limit_model_output_is_clamped_and_non_finite_output_is_held(ros_
     expert = probe.node.create_publisher(Float32MultiArray, topics.EXPERT_ACTION, qos.COMMANDS)
     probe.instruction_pub.publish(String(data=GOOD))
     nodes = [policy, probe.node]
-    outputs = action_inputs(np.random.default_rng(2), 4 * N)
+    outputs = action_inputs(2, 4 * N)
     for item in outputs:
         expert.publish(item.message)
         spin(nodes, 0.01)
@@ -173,7 +171,7 @@ def test_instruction_node_relays_no_refused_text_and_counts_it(ros_context, spin
     pub.publish(String(data=GOOD))
     assert spin(nodes, 5.0, until=lambda: heard == [GOOD])
     capfd.readouterr()
-    inputs = [i for i in instruction_texts(np.random.default_rng(3), 2 * N)
+    inputs = [i for i in instruction_texts(3, 2 * N)
               if i.kind not in ('empty', 'whitespace_only')]
     for item in inputs:
         pub.publish(String(data=item.message))
@@ -217,7 +215,7 @@ def test_sim_node_applies_no_malformed_action_and_keeps_the_hand_in_its_workspac
         return latest()
 
     assert spin(nodes, 10.0, until=lambda: len(poses) > 2)
-    inputs = action_inputs(np.random.default_rng(4), 4 * N)
+    inputs = action_inputs(4, 4 * N)
     before = stats()
     for item in (i for i in inputs if i.malformed):
         actions.publish(item.message)
@@ -244,11 +242,13 @@ def test_sim_node_applies_no_malformed_action_and_keeps_the_hand_in_its_workspac
     sim.destroy_node()
 
 
-def test_the_fuzz_command_reports_zero_crashes_and_zero_unsafe_actions(tmp_path):
+def test_the_fuzz_command_reports_zero_crashes_and_zero_unsafe_actions(tmp_path, capsys):
     from vla_align.cli import main
 
+    # A fresh seed each run (printed: a failure names the seed that reproduces it).
     status = main(['fuzz', '-n', '8', '--targets', 'expert', 'instruction', '--out',
                    str(tmp_path)])
+    print(capsys.readouterr().out)
     report = json.loads((tmp_path / 'fuzz.json').read_text())
     assert status == 0, report
     rows = {s['subscriber']: s for s in report['subscribers']}
@@ -261,3 +261,27 @@ def test_the_fuzz_command_reports_zero_crashes_and_zero_unsafe_actions(tmp_path)
     assert set(report['shutdown_exit_status'].values()) == {0}
     assert '| policy_node (expert) | `/vla/expert_action` | 8 | 0 | 0 |' in (
         tmp_path / 'fuzz.md').read_text()
+
+
+def test_the_robot_path_subscribers_and_services_survive_a_fresh_seed(tmp_path, capsys):
+    """Servo twists and gripper commands into the stand-in, Joy into the teleop, ~/enable
+    toggled under load, the recorder's services in random orders: a fresh seed each run."""
+    from vla_align.cli import main
+
+    status = main(['fuzz', '-n', '8', '--targets', 'servo', 'teleop', 'enable', 'recorder',
+                   '--out', str(tmp_path)])
+    printed = capsys.readouterr().out
+    print(printed)
+    assert 'fuzz seeds ' in printed
+    report = json.loads((tmp_path / 'fuzz.json').read_text())
+    assert status == 0, report
+    rows = {s['subscriber']: s for s in report['subscribers']}
+    assert set(rows) == {'servo_twist', 'gripper_command', 'joy', 'enable', 'services + notes'}
+    assert report['totals']['crashes'] == report['totals']['unsafe_published'] == 0
+    kinds = {(name, k['kind']): k for name, row in rows.items() for k in row['kinds']}
+    # The refused commands were counted by the nodes, and none moved anything.
+    assert rows['servo_twist']['diagnostics_counted'] >= (
+        kinds['servo_twist', 'non_finite']['sent'] + kinds['servo_twist', 'wrong_frame']['sent'])
+    assert rows['joy']['diagnostics_counted'] >= kinds['joy', 'non_finite_axes']['sent']
+    assert all(k['derived_from_bad_input'] == 0 for k in kinds.values())
+    assert set(report['shutdown_exit_status'].values()) == {0}

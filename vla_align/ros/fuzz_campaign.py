@@ -25,7 +25,6 @@ import argparse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 import json
-import math
 import os
 from pathlib import Path
 import sys
@@ -35,14 +34,24 @@ from typing import Optional
 
 import numpy as np
 
-from vla_align.actions import ACTION_LAYOUT_LABEL, ActionLimits
+from vla_align.actions import ActionLimits
+from vla_align.ros import fuzz_robot
+from vla_align.ros.fuzz_inputs import (
+    INSTRUCTION,
+    MAX_IMAGE_PIXELS,
+    BadInput,
+    action_inputs,
+    image_inputs,
+    instruction_texts,
+    joint_state_inputs,
+    pose_inputs,
+)
+from vla_align.ros.fuzz_robot import SERVO_PLANS
 from vla_align.ros.isolation import private_ros_domain
 from vla_align.ros.node_harness import NodeProcess
 
 #: Policy-node limits used by the campaign (the node's defaults).
 LIMITS = ActionLimits()
-#: Campaign value of the policy's ``max_image_pixels``: "huge" frames stay cheap to send.
-MAX_IMAGE_PIXELS = 256 * 256
 #: Log lines one phase (one kind of bad input) may cause before it counts as a flood.
 FLOOD_LINES = 3
 #: How far the simulated grasp point may lag outside the workspace box while following a
@@ -51,174 +60,8 @@ HAND_TRACKING_TOLERANCE_M = 0.04
 #: Frames sent by the campaign carry stamps from here on, far from the node clock, so a twist
 #: stamped with one of them is an answer to that frame and any other stamp marks a hold.
 STAMP_BASE_SEC = 2_000_000
-INSTRUCTION = 'push the red block to the left'
 #: Phases after which the policy must answer a frame within this long to count as acting.
 READY_TIMEOUT_S = 60.0
-
-
-# --- generated inputs ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BadInput:
-    kind: str
-    message: object
-    #: The input must be dropped (True) or may be used once clamped (False: out-of-limit
-    #: but finite model output).
-    malformed: bool = True
-
-
-def _image(width: int, height: int, encoding: str, step: int, data: bytes):
-    from sensor_msgs.msg import Image
-
-    msg = Image(height=height, width=width, encoding=encoding, step=step, is_bigendian=0)
-    msg.data = data
-    return msg
-
-
-def image_inputs(rng: np.random.Generator, n: int) -> list[BadInput]:
-    """Frames the policy must refuse: unknown encoding, short step, wrong data length, no
-    pixels, more than ``MAX_IMAGE_PIXELS`` pixels (claimed or real)."""
-    kinds = ('unknown_encoding', 'step_too_short', 'data_length_mismatch', 'zero_size', 'huge')
-    out = []
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        w, h = int(rng.integers(1, 80)), int(rng.integers(1, 80))
-        if kind == 'unknown_encoding':
-            encoding = str(rng.choice(['32FC1', '16UC1', 'bayer_rggb8', 'yuv422', 'rgba16', '',
-                                       'jpeg', 'rgb8 ', '8UC3', 'x' * int(rng.integers(1, 300))]))
-            msg = _image(w, h, encoding, 3 * w, rng.bytes(3 * w * h))
-        elif kind == 'step_too_short':
-            step = int(rng.integers(0, 3 * w))
-            msg = _image(w, h, str(rng.choice(['rgb8', 'bgr8'])), step, rng.bytes(step * h))
-        elif kind == 'data_length_mismatch':
-            size = 3 * w * h + int(rng.choice([-1, 1])) * int(rng.integers(1, 3 * w * h + 1))
-            msg = _image(w, h, 'rgb8', 3 * w, rng.bytes(max(size, 0)))
-        elif kind == 'zero_size':
-            w, h = (0, h) if rng.random() < 0.5 else (w, 0)
-            msg = _image(w, h, 'rgb8', 3 * w, rng.bytes(int(rng.integers(0, 64))))
-        elif rng.random() < 0.5:  # huge claimed dimensions, small data
-            w, h = int(rng.integers(10_000, 2 ** 31)), int(rng.integers(10_000, 2 ** 31))
-            msg = _image(w, h, 'rgb8', 3 * w, rng.bytes(int(rng.integers(0, 4096))))
-        else:  # a real, consistent frame over the pixel limit
-            w = h = int(math.isqrt(MAX_IMAGE_PIXELS)) + int(rng.integers(1, 64))
-            msg = _image(w, h, 'mono8', w, rng.bytes(w * h))
-        out.append(BadInput(kind, msg))
-    return out
-
-
-def instruction_texts(rng: np.random.Generator, n: int) -> list[BadInput]:
-    """Instructions that must not be acted on: empty, whitespace only, control characters,
-    text that looks like undecoded bytes (C1 controls), 100 kB of text."""
-    kinds = ('empty', 'whitespace_only', 'control_characters', 'non_utf8_looking', 'too_long')
-    blanks = [' ', '\t', '\n', '\r', '\u00a0', '\u2003', '\u3000', '\x0b', '\x0c']
-    controls = [chr(c) for c in range(1, 32) if chr(c) not in '\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f']
-    controls += ['\x7f', '\u200b\x07', '\x1b[31m']
-    out = []
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        if kind == 'empty':
-            text = ''
-        elif kind == 'whitespace_only':
-            text = ''.join(rng.choice(blanks, size=int(rng.integers(1, 50))))
-        elif kind == 'control_characters':
-            words = INSTRUCTION.split()
-            at = int(rng.integers(0, len(words) + 1))
-            text = ' '.join(words[:at] + [str(rng.choice(controls))] + words[at:])
-        elif kind == 'non_utf8_looking':  # bytes decoded as Latin-1, with a C1 control in it
-            raw = bytearray(rng.integers(0x20, 0x100, size=int(rng.integers(4, 60))).tolist())
-            raw[int(rng.integers(0, len(raw)))] = int(rng.integers(0x80, 0xA0))
-            text = raw.decode('latin-1')
-        else:
-            word = ' '.join(rng.choice(INSTRUCTION.split(), size=8))
-            text = (word + ' ') * (100_000 // (len(word) + 1) + 1)
-            text = text[:100_000 + int(rng.integers(0, 50))]
-        out.append(BadInput(kind, text))
-    return out
-
-
-def pose_inputs(rng: np.random.Generator, n: int) -> list[BadInput]:
-    """End-effector poses with NaN/inf, values beyond float32, and non-unit quaternions."""
-    from geometry_msgs.msg import PoseStamped
-
-    kinds = ('nan', 'inf', 'beyond_float32', 'zero_quaternion', 'non_unit_quaternion')
-    out = []
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        values = [0.5, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0]
-        if kind in ('nan', 'inf', 'beyond_float32'):
-            bad = {'nan': math.nan, 'inf': float(rng.choice([math.inf, -math.inf])),
-                   'beyond_float32': float(rng.choice([1e300, -1e39, 4e38]))}[kind]
-            for j in rng.choice(7, size=int(rng.integers(1, 8)), replace=False):
-                values[int(j)] = bad
-        elif kind == 'zero_quaternion':
-            values[3:] = [0.0, 0.0, 0.0, 0.0]
-        else:
-            q = rng.normal(size=4)
-            values[3:] = (q / np.linalg.norm(q) * float(rng.choice([0.1, 0.5, 2.0, 1e6]))).tolist()
-        msg = PoseStamped()
-        msg.header.frame_id = 'panda_link0'  # only the values are bad
-        p, o = msg.pose.position, msg.pose.orientation
-        p.x, p.y, p.z, o.x, o.y, o.z, o.w = values
-        out.append(BadInput(kind, msg))
-    return out
-
-
-def joint_state_inputs(rng: np.random.Generator, n: int) -> list[BadInput]:
-    """Joint states with non-finite gripper positions or fewer positions than names."""
-    from sensor_msgs.msg import JointState
-
-    from vla_align.sim.types import PANDA_JOINT_NAMES
-
-    names = list(PANDA_JOINT_NAMES)
-    kinds = ('nan_gripper', 'inf_gripper', 'fewer_positions_than_names')
-    out = []
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        positions = rng.uniform(-1, 1, size=len(names)).tolist()
-        grippers = [k for k, name in enumerate(names) if 'finger' in name]
-        if kind == 'fewer_positions_than_names':
-            positions = positions[:int(rng.integers(0, len(names)))]
-        else:
-            bad = math.nan if kind == 'nan_gripper' else float(rng.choice([math.inf, -math.inf]))
-            positions[int(rng.choice(grippers))] = bad
-        out.append(BadInput(kind, JointState(name=names, position=positions)))
-    return out
-
-
-def action_inputs(rng: np.random.Generator, n: int) -> list[BadInput]:
-    """Float32MultiArray actions: wrong length, non-finite, a foreign layout, and finite but
-    far out-of-limit values (the last ones may be used, clamped)."""
-    from std_msgs.msg import Float32MultiArray, MultiArrayDimension
-
-    kinds = ('wrong_length', 'non_finite', 'foreign_layout', 'out_of_limits')
-    out = []
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
-        values = rng.uniform(-0.02, 0.02, size=7)
-        values[6] = rng.uniform(0, 1)
-        msg = Float32MultiArray()
-        malformed = True
-        if kind == 'wrong_length':
-            size = int(rng.choice([k for k in range(0, 30) if k != 7]))
-            msg.data = rng.uniform(-0.02, 0.02, size=size).astype(np.float32).tolist()
-        elif kind == 'non_finite':
-            for j in rng.choice(7, size=int(rng.integers(1, 8)), replace=False):
-                values[int(j)] = float(rng.choice([math.nan, math.inf, -math.inf]))
-            msg.data = values.astype(np.float32).tolist()
-        elif kind == 'foreign_layout':
-            msg.data = values.astype(np.float32).tolist()
-            if rng.random() < 0.5:
-                label = str(rng.choice(['x,y,z,qx,qy,qz,qw', 'joints', ACTION_LAYOUT_LABEL[::-1]]))
-                msg.layout.dim = [MultiArrayDimension(label=label, size=7, stride=7)]
-            else:
-                msg.layout.data_offset = int(rng.integers(1, 2 ** 31))
-        else:
-            values[:6] = rng.choice([-1, 1], size=6) * 10.0 ** rng.uniform(0, 30, size=6)
-            values[6] = float(rng.choice([-1e30, 5.0, 1e6]))
-            msg.data = values.astype(np.float32).tolist()
-            malformed = False
-        out.append(BadInput(kind, msg, malformed))
-    return out
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -272,11 +115,11 @@ class Driver:
 
     def __init__(self, context) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
-        from geometry_msgs.msg import PoseStamped
+        from geometry_msgs.msg import PoseStamped, TwistStamped
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
-        from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Float32MultiArray, Header, String
+        from sensor_msgs.msg import Image, JointState, Joy
+        from std_msgs.msg import Float32MultiArray, Float64MultiArray, Header, String
 
         from vla_align.ros import qos, topics
 
@@ -291,11 +134,21 @@ class Driver:
             'expert_action': n.create_publisher(Float32MultiArray, topics.EXPERT_ACTION,
                                                 qos.COMMANDS),
             'action': n.create_publisher(Float32MultiArray, topics.ACTION, qos.COMMANDS),
+            'servo_twist': n.create_publisher(TwistStamped, topics.SERVO_TWIST,
+                                              qos.SERVO_COMMANDS),
+            'gripper_command': n.create_publisher(Float64MultiArray, topics.GRIPPER_COMMAND,
+                                                  qos.SERVO_COMMANDS),
+            'joy': n.create_publisher(Joy, topics.JOY, qos.DEFAULT),
+            'notes': n.create_publisher(String, '/episode_recorder/notes', qos.DEFAULT),
         }
         self.actions: list[tuple[float, np.ndarray]] = []
         self.twists: list[tuple[float, int]] = []  # (received, stamp sec)
         self.instructions: list[tuple[float, str]] = []
         self.poses: list[tuple[float, np.ndarray]] = []
+        #: (received, (6,) twist) on the Servo command topic (teleop and enable targets).
+        self.servo_twists: list[tuple[float, np.ndarray]] = []
+        n.create_subscription(TwistStamped, topics.SERVO_TWIST, self._on_servo_twist,
+                              qos.SERVO_COMMANDS)
         self.diagnostics: dict[str, dict[str, str]] = {}
         self.diagnostics_at = 0.0
         n.create_subscription(Float32MultiArray, topics.ACTION, self._on_action, qos.COMMANDS)
@@ -321,6 +174,11 @@ class Driver:
 
     def _on_instruction(self, msg) -> None:
         self.instructions.append((time.monotonic(), msg.data))
+
+    def _on_servo_twist(self, msg) -> None:
+        t = msg.twist
+        self.servo_twists.append((time.monotonic(), np.array(
+            [t.linear.x, t.linear.y, t.linear.z, t.angular.x, t.angular.y, t.angular.z])))
 
     def _on_pose(self, msg) -> None:
         p = msg.pose.position
@@ -379,6 +237,12 @@ class Driver:
         self.pub['expert_action'].publish(action_to_multiarray(
             np.array([0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], np.float32)))
 
+    def good_inputs(self) -> None:
+        """A good pose, joint states and frame: what the policy acts on."""
+        self.good_pose()
+        self.good_joints()
+        self.good_frame()
+
     def fresh_diagnostics(self, name: str, timeout_s: float = 5.0) -> dict[str, str]:
         """The next /diagnostics values of node ``name`` published from now on."""
         since = time.monotonic()
@@ -416,17 +280,24 @@ class CampaignConfig:
     checkpoint: str = 'checkpoints/default'
     out_dir: Path = Path('fuzz')
     domain_id: Optional[int] = None
-    targets: tuple[str, ...] = ('policy', 'expert', 'instruction', 'sim')
+    targets: tuple[str, ...] = ('policy', 'expert', 'instruction', 'sim', 'servo', 'teleop',
+                                'enable', 'recorder')
 
 
 class Campaign:
     def __init__(self, config: CampaignConfig, progress) -> None:
         self.config = config
-        self.rng = np.random.default_rng(config.seed)
         self.progress = progress
         self.results: list[SubscriberResult] = []
         self.shutdown_status: dict[str, Optional[int]] = {}
         self.notes: list[str] = []
+
+    def _seed(self, target: str, subscriber: str) -> int:
+        """The generator seed of one subscriber: the campaign seed, told apart per subscriber
+        (stable across runs: no hash randomisation)."""
+        import zlib
+
+        return self.config.seed * 7919 + zlib.crc32(f'{target}/{subscriber}'.encode()) % 7919
 
     # -- shared phase mechanics ----------------------------------------------------------------
     def _phase(self, driver: Driver, proc: NodeProcess, kind: str, inputs: list[BadInput],
@@ -511,7 +382,7 @@ class Campaign:
             if subscriber == 'joint_states':
                 entry.derived_check = ('not applicable: the policy uses joint_states only for '
                                        'the initial gripper value; checked finite/in limits')
-            inputs = generators[subscriber](self.rng, n)
+            inputs = generators[subscriber](self._seed(target, subscriber), n)
             diag_before = _count_pairs(driver.fresh_diagnostics('policy_node').get(
                 'bad_inputs', ''))
             for kind in dict.fromkeys(i.kind for i in inputs):
@@ -553,7 +424,8 @@ class Campaign:
         from vla_align.ros.instructions import InstructionError, normalize_instruction
 
         entry = SubscriberResult('instruction_node', 'instruction_in', '/vla/instruction_in')
-        inputs = instruction_texts(self.rng, self.config.per_subscriber)
+        inputs = instruction_texts(self._seed('instruction_node', 'instruction_in'),
+                                   self.config.per_subscriber)
         refused_before = int(driver.fresh_diagnostics('instruction_node').get('refused', 0))
         for index, kind in enumerate(dict.fromkeys(i.kind for i in inputs)):
             batch = [i for i in inputs if i.kind == kind]
@@ -592,7 +464,7 @@ class Campaign:
         if not driver.spin(READY_TIMEOUT_S, until=lambda: len(driver.poses) > 3):
             self.notes.append('sim_node: published no pose; skipped')
             return
-        inputs = action_inputs(self.rng, self.config.per_subscriber)
+        inputs = action_inputs(self._seed('sim_node', 'action'), self.config.per_subscriber)
         invalid_before = int(driver.fresh_diagnostics('sim_node').get('invalid_actions', 0))
         for kind in dict.fromkeys(i.kind for i in inputs):
             batch = [i for i in inputs if i.kind == kind]
@@ -641,6 +513,13 @@ class Campaign:
                                  # alone: no instruction node to relay its instruction
                                  'instruction_handshake': False,
                                  'diagnostics_period_s': 0.5}, []),
+            'enable': ('policy_node', {'source': 'checkpoint', 'checkpoint': checkpoint,
+                                       'start_enabled': False, 'command_rate_hz': 50.0,
+                                       'use_workspace': False, 'state_age_by': 'arrival',
+                                       **common}, []),
+            **{target: (module, {**params, **({'output_dir': str(config.out_dir / 'episodes')}
+                                               if target == 'recorder' else {})}, [])
+               for target, (module, params) in SERVO_PLANS.items()},
         }
         with tempfile.TemporaryDirectory(prefix='vla_align_fuzz_') as log_dir, \
                 private_ros_domain(domain, log_dir) as env:
@@ -655,11 +534,20 @@ class Campaign:
                         self.run_policy(driver, proc, subscribers, f'{module} ({target})')
                     elif target == 'instruction':
                         self.run_instruction_node(driver, proc)
-                    else:
+                    elif target == 'sim':
                         self.run_sim(driver, proc)
+                    elif target == 'servo':
+                        fuzz_robot.run_servo(self, driver, proc)
+                    elif target == 'teleop':
+                        fuzz_robot.run_teleop(self, driver, proc)
+                    elif target == 'enable':
+                        fuzz_robot.run_enable(self, driver, proc, driver.good_inputs)
+                    else:
+                        fuzz_robot.run_recorder(self, driver, proc,
+                                                config.out_dir / 'episodes')
                 finally:
                     status = proc.stop()
-                    self.shutdown_status[f'{module} ({target})'] = status
+                    self.shutdown_status.setdefault(f'{module} ({target})', status)
                     driver.close()
                     context.try_shutdown()
         return self.report()
@@ -720,7 +608,10 @@ def write_markdown(report: dict, path: Path) -> None:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--per-subscriber', '-n', type=int, default=300,
                         help='malformed inputs sent to each subscriber (default 300)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the input generator')
+    parser.add_argument('--seed', type=int, default=None,
+                        help='first seed of the input generators (default: a fresh one, printed)')
+    parser.add_argument('--seeds', type=int, default=1,
+                        help='campaigns to run, with seeds SEED, SEED+1, ... (default 1)')
     parser.add_argument('--rate', type=float, default=20.0,
                         help='inputs per second (default 20)')
     parser.add_argument('--checkpoint', default='checkpoints/default',
@@ -736,23 +627,76 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    if args.per_subscriber < 1 or not args.rate > 0:
-        print('vla-align fuzz: --per-subscriber must be >= 1 and --rate > 0', file=sys.stderr)
+    if args.per_subscriber < 1 or not args.rate > 0 or args.seeds < 1:
+        print('vla-align fuzz: --per-subscriber and --seeds must be >= 1 and --rate > 0',
+              file=sys.stderr)
         return 2
-    config = CampaignConfig(per_subscriber=args.per_subscriber, seed=args.seed,
-                            rate_hz=args.rate, checkpoint=args.checkpoint, out_dir=args.out,
-                            domain_id=args.domain_id, targets=tuple(args.targets))
-    counts = {'policy': 4, 'expert': 1, 'instruction': 1, 'sim': 1}
-    total = args.per_subscriber * sum(counts[t] for t in config.targets)
-    with tqdm(total=total, desc='fuzz', unit='msg') as progress:
-        report = Campaign(config, progress).run()
-    (args.out / 'fuzz.json').write_text(json.dumps(report, indent=2) + '\n')
-    write_markdown(report, args.out / 'fuzz.md')
-    t = report['totals']
-    print(f"{t['inputs_tried']} inputs: {t['crashes']} crashes, {t['unsafe_published']} unsafe "
-          f"published, {t['floods']} log floods, {t['unclean_shutdowns']} unclean shutdowns; "
-          f"report in {args.out / 'fuzz.md'}")
-    for note in report['notes']:
+    first = fresh_seed() if args.seed is None else args.seed
+    print(f'fuzz seeds {first}..{first + args.seeds - 1} (rerun one with --seed)', flush=True)
+    reports = []
+    for seed in range(first, first + args.seeds):
+        out = args.out if args.seeds == 1 else args.out / f'seed_{seed}'
+        config = CampaignConfig(per_subscriber=args.per_subscriber, seed=seed,
+                                rate_hz=args.rate, checkpoint=args.checkpoint, out_dir=out,
+                                domain_id=args.domain_id, targets=tuple(args.targets))
+        with tqdm(total=expected_inputs(config), desc=f'fuzz seed {seed}', unit='msg') as bar:
+            report = Campaign(config, bar).run()
+        (out / 'fuzz.json').write_text(json.dumps(report, indent=2) + '\n')
+        write_markdown(report, out / 'fuzz.md')
+        reports.append(report)
+    combined = combine_reports(reports)
+    if args.seeds > 1:
+        (args.out / 'fuzz.json').write_text(json.dumps(combined, indent=2) + '\n')
+        write_markdown(combined, args.out / 'fuzz.md')
+    t = combined['totals']
+    print(f"{t['inputs_tried']} inputs over {args.seeds} seed(s): {t['crashes']} crashes, "
+          f"{t['unsafe_published']} unsafe published, {t['floods']} log floods, "
+          f"{t['unclean_shutdowns']} unclean shutdowns; report in {args.out / 'fuzz.md'}")
+    for note in combined['notes']:
         print(f'note: {note}', file=sys.stderr)
-    ok = not (t['crashes'] or t['unsafe_published'] or t['unclean_shutdowns'] or report['notes'])
+    ok = not (t['crashes'] or t['unsafe_published'] or t['unclean_shutdowns']
+              or combined['notes'])
     return 0 if ok else 1
+
+
+def fresh_seed() -> int:
+    """A new seed for a campaign (printed, so a finding can be reproduced)."""
+    return int.from_bytes(os.urandom(3), 'big')
+
+
+def expected_inputs(config: CampaignConfig) -> int:
+    counts = {'policy': 4, 'expert': 1, 'instruction': 1, 'sim': 1, 'servo': 2, 'teleop': 1,
+              'enable': 1, 'recorder': 1}
+    return config.per_subscriber * sum(counts[t] for t in config.targets)
+
+
+def combine_reports(reports: list[dict]) -> dict:
+    """One report of several seeds: totals added, subscribers merged by target/subscriber."""
+    if len(reports) == 1:
+        return reports[0]
+    merged: dict[tuple[str, str], dict] = {}
+    for report in reports:
+        for row in report['subscribers']:
+            key = (row['target'], row['subscriber'])
+            if key not in merged:
+                merged[key] = {**row, 'kinds': list(row['kinds'])}
+                continue
+            entry = merged[key]
+            for name in ('inputs_tried', 'crashes', 'unsafe_published', 'log_lines', 'floods'):
+                entry[name] += row[name]
+            entry['max_log_lines_per_kind'] = max(entry['max_log_lines_per_kind'],
+                                                  row['max_log_lines_per_kind'])
+            if row['diagnostics_counted'] is not None:
+                entry['diagnostics_counted'] = (entry['diagnostics_counted'] or 0) + \
+                    row['diagnostics_counted']
+            entry['kinds'] += row['kinds']
+    totals = {key: sum(r['totals'][key] for r in reports)
+              for key in reports[0]['totals']}
+    return {'config': {**reports[0]['config'],
+                       'seeds': [r['config']['seed'] for r in reports]},
+            'totals': totals, 'subscribers': list(merged.values()),
+            'shutdown_exit_status': {f"{name} seed {r['config']['seed']}": status
+                                     for r in reports
+                                     for name, status in r['shutdown_exit_status'].items()},
+            'notes': [f"seed {r['config']['seed']}: {note}" for r in reports
+                      for note in r['notes']]}
