@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'up': ('vla_align.ros.launcher', 'start the ROS 2 node graph from a YAML config'),
     'fuzz': ('vla_align.ros.fuzz_campaign',
              'send malformed messages to every subscriber of the nodes; report'),
+    'reliability': ('vla_align.ros.reliability',
+                    'fuzz across seeds, fault scenarios, image flood and soak; report'),
 }
 
 

@@ -1,5 +1,11 @@
 """Contrastive alignment objectives, one class per objective (open_clip style).
 
+Several processes (DDP): each rank's embeddings are gathered from every rank before the loss, so
+a sample's negatives are the whole global batch, not only its rank's share (``gather_rows``, as
+open_clip's ``gather_features`` without ``local_loss``): every rank computes the loss of the
+global batch, and the gradient reaches only its own rows -- the other ranks' rows are
+constants there -- which DDP then averages. Only in training mode: evaluation runs on one rank.
+
 False negatives. A demonstration dataset has many frames per instruction, so a batch often holds
 two samples with the same instruction; their off-diagonal pair is a true match, not a negative.
 Every objective takes optional ``groups`` (B,): an off-diagonal pair (i, j) with
@@ -14,11 +20,23 @@ from typing import Optional
 
 import torch
 from torch import nn
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from vla_align.model.config import PolicyConfig
 
 MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each rank -> (world * B, ...) in rank order; this rank's rows keep their
+    gradient. The identity outside a multi-process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
 
 
 def same_group_pairs(groups: torch.Tensor) -> torch.Tensor:
@@ -86,6 +104,10 @@ class ThreeWayAlignmentLoss(nn.Module):
     def forward(self, vision: torch.Tensor, language: torch.Tensor, action: torch.Tensor,
                 instruction_ids: Optional[torch.Tensor] = None,
                 episode_ids: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        if self.training:  # the global batch's negatives under DDP (module docstring)
+            vision, language, action = (gather_rows(x) for x in (vision, language, action))
+            instruction_ids, episode_ids = (None if ids is None else gather_rows(ids)
+                                            for ids in (instruction_ids, episode_ids))
         pairs = {'vl': (vision, language, instruction_ids), 'va': (vision, action, episode_ids),
                  'la': (language, action, instruction_ids)}
         losses = {}

@@ -15,6 +15,7 @@ requested source, measures, and stops it. ``vla-align bench`` can call either.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 import os
 import signal
@@ -27,6 +28,7 @@ from typing import Optional
 import numpy as np
 
 from vla_align.ros.metrics import LatencySummary, summarize_latencies
+from vla_align.ros.node_harness import process_rss_mb
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class ProbeReport:
     settings: dict = field(default_factory=dict)
     #: The policy node's last /diagnostics values (holds, errors, hold_reasons, ...).
     policy_diagnostics: dict = field(default_factory=dict)
+    #: The policy process's resident memory at the start and the end of the window (MiB; None
+    #: when not measured).
+    rss_start_mb: Optional[float] = None
+    rss_end_mb: Optional[float] = None
 
     @property
     def kept_up(self) -> bool:
@@ -82,8 +88,10 @@ class ProbeReport:
                 f'{self.policy_diagnostics.get("frames_dropped", "?")} frames dropped')
 
 
-def run_probe(config: ProbeConfig = ProbeConfig(), wait_for_policy_s: float = 60.0) -> ProbeReport:
-    """Measure the policy node already running in this ROS domain (see module docstring)."""
+def run_probe(config: ProbeConfig = ProbeConfig(), wait_for_policy_s: float = 60.0,
+              memory: Optional[Callable[[], Optional[float]]] = None) -> ProbeReport:
+    """Measure the policy node already running in this ROS domain (see module docstring);
+    ``memory`` (the policy process's RSS in MiB) is sampled when the window opens and closes."""
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseStamped
     import rclpy
@@ -156,10 +164,12 @@ def run_probe(config: ProbeConfig = ProbeConfig(), wait_for_policy_s: float = 60
         start = time.monotonic()
         while time.monotonic() - start < config.warmup_s:
             executor.spin_once(timeout_sec=0.05)
+        rss = {'start': memory() if memory else None}
         window['start'] = time.monotonic()
         while time.monotonic() - window['start'] < config.duration_s:
             executor.spin_once(timeout_sec=0.05)
         window['end'] = time.monotonic()
+        rss['end'] = memory() if memory else None
         settle = time.monotonic()
         while time.monotonic() - settle < 1.2:  # answers in flight, one more diagnostics
             executor.spin_once(timeout_sec=0.05)
@@ -172,7 +182,8 @@ def run_probe(config: ProbeConfig = ProbeConfig(), wait_for_policy_s: float = 60
                        camera_rate_hz=window['sent'] / duration,
                        action_rate_hz=len(latencies) / duration,
                        latency=summarize_latencies(latencies), duration_s=duration,
-                       settings=asdict(config), policy_diagnostics=dict(diagnostics))
+                       settings=asdict(config), policy_diagnostics=dict(diagnostics),
+                       rss_start_mb=rss['start'], rss_end_mb=rss['end'])
 
 
 def measure_policy_node(config: ProbeConfig = ProbeConfig(), source: str = 'random',
@@ -199,7 +210,7 @@ def measure_policy_node(config: ProbeConfig = ProbeConfig(), source: str = 'rand
     process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         try:
-            return run_probe(config)
+            return run_probe(config, memory=lambda: process_rss_mb(process.pid))
         except TimeoutError:
             if process.poll() is not None:
                 log.seek(0)

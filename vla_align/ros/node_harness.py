@@ -14,6 +14,18 @@ import sys
 from typing import Optional
 
 
+def process_rss_mb(pid: int) -> Optional[float]:
+    """Resident memory of process ``pid`` now (MiB, from /proc; None when it is gone or on a
+    system without /proc)."""
+    try:
+        for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 class NodeProcess:
     """One node started as ``python -m vla_align.ros.<module>``; its log goes to a file.
 
@@ -23,7 +35,10 @@ class NodeProcess:
 
     def __init__(self, module: str, params: dict[str, object], log_path: Path,
                  env: dict[str, str], params_file: Optional[Path] = None,
-                 remaps: Optional[dict[str, str]] = None, name: Optional[str] = None) -> None:
+                 remaps: Optional[dict[str, str]] = None, name: Optional[str] = None,
+                 argv: Optional[list[str]] = None) -> None:
+        """``argv`` replaces the command built from the other arguments (a graph file's
+        ``NodeSpec.command()``)."""
         args = [sys.executable, '-m', f'vla_align.ros.{module}', '--ros-args']
         if name:
             args += ['-r', f'__node:={name}']
@@ -42,7 +57,7 @@ class NodeProcess:
         self.name = name or module
         self.log_path = log_path
         self._log = open(log_path, 'a')  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(argv or args, stdout=self._log, stderr=subprocess.STDOUT,
                                         env=env, cwd=os.getcwd())
 
     @property
@@ -62,15 +77,7 @@ class NodeProcess:
         return not self.alive() or 'Traceback' in self.log_text()
 
     def rss_mb(self) -> Optional[float]:
-        """Resident memory now (MiB, from /proc; None when the process is gone or on a system
-        without /proc)."""
-        try:
-            for line in Path(f'/proc/{self.pid}/status').read_text().splitlines():
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1]) / 1024.0
-        except (OSError, ValueError, IndexError):
-            return None
-        return None
+        return process_rss_mb(self.pid)
 
     def kill(self) -> None:
         """SIGKILL, as an OOM kill or a power cut ends a process: no clean-up runs."""

@@ -6,12 +6,16 @@ without them training runs in one process. Rank 0 alone writes files and shows p
 from __future__ import annotations
 
 from dataclasses import dataclass
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
 
 from vla_align.model.device import resolve_device
+
+#: Longest wait in one collective before a rank gives up (s; VLA_ALIGN_DIST_TIMEOUT_S).
+COLLECTIVE_TIMEOUT_S = 600.0
 
 
 @dataclass
@@ -40,7 +44,11 @@ class DistContext:
                 resolved = torch.device('cuda', local_rank)
                 torch.cuda.set_device(resolved)
             if not dist.is_initialized():
-                dist.init_process_group('nccl' if resolved.type == 'cuda' else 'gloo')
+                # A rank that dies leaves the others in a collective: bounded, they fail too
+                # (torchrun's agent also stops the group when one worker exits with an error).
+                dist.init_process_group('nccl' if resolved.type == 'cuda' else 'gloo',
+                                        timeout=datetime.timedelta(seconds=float(os.environ.get(
+                                            'VLA_ALIGN_DIST_TIMEOUT_S', COLLECTIVE_TIMEOUT_S))))
         return cls(rank, local_rank, world, resolved)
 
     def barrier(self) -> None:

@@ -1,0 +1,91 @@
+"""The reliability report: combining fuzz seeds, judging the soak, rendering the safety page."""
+import json
+from pathlib import Path
+
+import pytest
+
+from vla_align.ros.fuzz_campaign import combine_reports
+from vla_align.ros.load_tests import SoakConfig, summarize_soak
+from vla_align.ros.reliability import part_passed, render_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fuzz_report(seed: int, unsafe: int = 0) -> dict:
+    row = {'target': 'policy_node', 'subscriber': 'image', 'topic': '/camera/image_raw',
+           'inputs_tried': 10, 'crashes': 0, 'unsafe_published': unsafe, 'log_lines': 2,
+           'max_log_lines_per_kind': 1, 'floods': 0, 'diagnostics_counted': 10,
+           'derived_check': 'yes', 'kinds': [{'kind': 'huge', 'sent': 10}]}
+    return {'config': {'per_subscriber': 10, 'seed': seed},
+            'totals': {'inputs_tried': 10, 'crashes': 0, 'unsafe_published': unsafe,
+                       'floods': 0, 'unclean_shutdowns': 0},
+            'subscribers': [row], 'shutdown_exit_status': {'policy_node': 0}, 'notes': []}
+
+
+def test_seeds_are_combined_and_one_unsafe_command_fails_the_fuzz_part():
+    combined = combine_reports([fuzz_report(5), fuzz_report(6, unsafe=1)])
+    assert combined['config']['seeds'] == [5, 6]
+    assert combined['totals']['inputs_tried'] == 20 and combined['totals']['unsafe_published'] == 1
+    (row,) = combined['subscribers']
+    assert row['inputs_tried'] == 20 and row['diagnostics_counted'] == 20
+    assert len(row['kinds']) == 2
+    assert not part_passed('fuzz', combined)
+    assert part_passed('fuzz', combine_reports([fuzz_report(5), fuzz_report(6)]))
+
+
+def soak_samples(minutes: int, rss_growth: float, p99_end: float) -> tuple[list, list]:
+    samples, latencies = [], []
+    for i in range(1, minutes * 2 + 1):
+        t = 30.0 * i
+        rss = 1000.0 + rss_growth * t / (60 * minutes)
+        samples.append({'t_s': t, 'rss_mb': {'policy_node': rss}, 'action_rate_hz': 10.0,
+                        'episodes_finished': i, 'successes': i // 2})
+        late = t > 60 * minutes - 300
+        latencies += [(100.0 + t - k * 0.1, (p99_end if late and k == 0 else 15.0) / 1000)
+                      for k in range(50)]
+    return samples, latencies
+
+
+@pytest.mark.parametrize('growth,p99,passed', [(5.0, 20.0, True), (300.0, 20.0, False),
+                                               (5.0, 80.0, False)])
+def test_the_soak_compares_its_first_and_last_minutes(growth, p99, passed):
+    samples, latencies = soak_samples(60, growth, p99)
+    report = summarize_soak(SoakConfig(minutes=60), samples, latencies, 100.0,
+                            {'policy_node': True}, {'policy_node': 0}, 3700.0)
+    assert report['rss_growth_mb']['policy_node'] == pytest.approx(growth * 55 / 60, rel=0.1)
+    assert report['start']['latency_p99_ms'] == pytest.approx(15.0)
+    assert report['passed'] is passed
+
+
+def test_a_soak_cut_short_fails():
+    samples, latencies = soak_samples(30, 0.0, 15.0)
+    report = summarize_soak(SoakConfig(minutes=60), samples, latencies, 100.0,
+                            {'policy_node': False}, {'policy_node': None}, 1800.0)
+    assert not report['passed']
+
+
+def test_the_safety_page_shows_every_part():
+    samples, latencies = soak_samples(60, 2.0, 18.0)
+    soak = summarize_soak(SoakConfig(minutes=60), samples, latencies, 100.0,
+                          {'policy_node': True}, {'policy_node': 0}, 3700.0)
+    report = {'machine': {'cpus': 2, 'processor': 'test cpu', 'platform': 'linux',
+                          'python': '3.11'}, 'started': 'a', 'finished': 'b', 'passed': True,
+              'parts': {'fuzz': combine_reports([fuzz_report(5), fuzz_report(6)]),
+                        'faults': {'scenarios': [{
+                            'name': 'state_silent', 'fault': 'the pose stops',
+                            'time_to_stop_s': 0.25, 'time_to_resume_s': 0.06, 'passed': True,
+                            'figures': {'limit_s': 0.36}, 'rule': 'stop in time'}],
+                            'passed': True},
+                        'soak': soak}}
+    page = render_markdown(report, for_docs=True)
+    assert 'seeds 5, 6' in page and '**20 inputs, 0 crashes, 0 unsafe' in page
+    assert '| state_silent | the pose stops | 0.250 | 0.060 |' in page
+    assert '| resident memory policy_node (MiB) |' in page and 'Pass: yes' in page
+    assert 'SAFETY_RULES.md' in page and '![soak](reliability/soak.png)' in page
+
+
+def test_the_committed_safety_page_is_the_committed_report_rendered():
+    """docs/SAFETY.md is generated: it cannot drift from the report it shows."""
+    report = json.loads((ROOT / 'docs' / 'reliability' / 'reliability.json').read_text())
+    assert (ROOT / 'docs' / 'SAFETY.md').read_text() == render_markdown(report, for_docs=True)
+    assert (ROOT / 'docs' / 'reliability' / 'soak.png').is_file()
