@@ -322,3 +322,27 @@ def test_state_from_joint_states_and_the_urdf(ros_context, spin):
     expected_position, expected_quaternion = JointStateSource().forward_kinematics(positions[:7])
     np.testing.assert_allclose(states[-1][:3], expected_position, atol=1e-5)
     assert abs(abs(float(np.dot(states[-1][3:7], expected_quaternion))) - 1.0) < 1e-5
+
+
+def test_the_threshold_comes_from_the_checkpoints_calibration(ros_context, tiny_checkpoint,
+                                                              tmp_path, capfd):
+    """alignment_threshold -2 (the configs' value): the checkpoint's grounding.json; refusing
+    on a score that missed its targets is warned about."""
+    import shutil
+
+    path, _info = tiny_checkpoint
+    calibrated = tmp_path / 'calibrated'
+    shutil.copytree(path, calibrated)
+    (calibrated / 'grounding.json').write_text(json.dumps({
+        'threshold': -0.25, 'meets_targets': False, 'test': {'all': {'auc': 0.66}}}))
+    node = checkpoint_node(ros_context, calibrated, alignment_threshold=-2.0,
+                           refuse_ungrounded=True)
+    assert node.settings.safety.alignment_threshold == pytest.approx(-0.25)
+    node.destroy_node()
+    assert 'missed its targets (AUC 0.66)' in capfd.readouterr().err
+    set_by_hand = checkpoint_node(ros_context, calibrated, alignment_threshold=0.3)
+    assert set_by_hand.settings.safety.alignment_threshold == pytest.approx(0.3)
+    set_by_hand.destroy_node()
+    uncalibrated = checkpoint_node(ros_context, path, alignment_threshold=-2.0)
+    assert uncalibrated.settings.safety.alignment_threshold == pytest.approx(0.1)
+    uncalibrated.destroy_node()

@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'inspect-bag': ('vla_align.data.inspect', 'summarise a rosbag2 episode (topics, counts)'),
     'train': ('vla_align.train.cli', 'train a policy on collected demonstrations'),
     'eval-sim': ('vla_align.evaluation.sim_eval', 'closed-loop success rates in simulation'),
+    'eval-grounding': ('vla_align.evaluation.grounding',
+                       'calibrate and judge the grounding (V-L) score on held-out scenes'),
     'eval-bag': ('vla_align.evaluation.bag_eval',
                  'score a policy against the actions recorded in rosbags'),
     'record': ('vla_align.ros.record', "record the live graph's topics to a rosbag2"),

@@ -40,7 +40,7 @@ proprioception holds until a valid pose arrives).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import math
 import threading
 import time
@@ -73,7 +73,12 @@ from vla_align.ros.pacing import FramePacer
 from vla_align.ros.params import (
     StartupError,
 )
-from vla_align.ros.policy_settings import declare_policy_settings
+from vla_align.ros.policy_settings import (
+    DEFAULT_THRESHOLD,
+    THRESHOLD_FROM_CHECKPOINT,
+    PolicyNodeSettings,
+    declare_policy_settings,
+)
 from vla_align.ros.robot_state import (
     JointStateSource,
     NoStateYet,
@@ -132,7 +137,7 @@ class PolicyNode(Node):
     def __init__(self, source: Optional[ActionSource] = None, **node_kwargs) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         self.counters = Counters()  # first: destroy_node reads it even after a failed start
-        self.settings = declare_policy_settings(self)
+        self.settings = self._with_grounding(declare_policy_settings(self))
         s = self.settings
         self._gate = SafetyGate(s.safety, initial_gripper=s.initial_gripper)
         self._expert: Optional[ExpertRelaySource] = None
@@ -497,6 +502,34 @@ class PolicyNode(Node):
                                    f'deployment_checks: warn to start anyway)')
             self.get_logger().warning(f'deployment check: {mismatch.message}')
         return info
+
+    def _with_grounding(self, settings: PolicyNodeSettings) -> PolicyNodeSettings:
+        """The alignment threshold the checkpoint was calibrated with, unless a value is set;
+        a warning when ungrounded instructions are refused on a score that missed its
+        targets (``evaluation.grounding``)."""
+        from vla_align.evaluation.grounding import checkpoint_grounding
+        from vla_align.ros.sources import resolve_checkpoint_path
+
+        calibration = None
+        if settings.source == 'checkpoint' and settings.checkpoint:
+            try:
+                calibration = checkpoint_grounding(resolve_checkpoint_path(settings.checkpoint))
+            except (OSError, ValueError) as exc:
+                self.get_logger().warning(f"ignoring the checkpoint's grounding calibration: "
+                                          f'{exc}')
+        threshold = settings.safety.alignment_threshold
+        if threshold == THRESHOLD_FROM_CHECKPOINT:
+            threshold = DEFAULT_THRESHOLD if calibration is None else float(
+                calibration['threshold'])
+        if settings.safety.refuse_ungrounded and (calibration is None
+                                                  or not calibration.get('meets_targets')):
+            self.get_logger().warning(
+                "refuse_ungrounded is on, but this checkpoint's grounding score "
+                + ('was never calibrated' if calibration is None else
+                   f"missed its targets (AUC {calibration['test']['all']['auc']:.2f})")
+                + ': grounded instructions may be refused and ungrounded ones acted on')
+        return replace(settings, safety=replace(settings.safety,
+                                                alignment_threshold=threshold))
 
     def _make_state_source(self) -> Any:
         """The end-effector pose source ``state_source`` names (``ros.robot_state``)."""

@@ -25,6 +25,10 @@ TRIGGERS = ('frame', 'timer')
 DEVICES = ('auto', 'cpu', 'cuda')
 STATE_SOURCES = ('pose', 'tf', 'joint_states')
 CHECK_MODES = ('refuse', 'warn')
+#: ``alignment_threshold`` value meaning "the checkpoint's calibrated threshold".
+THRESHOLD_FROM_CHECKPOINT = -2.0
+#: The threshold of a checkpoint that was never calibrated.
+DEFAULT_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,11 @@ def declare_policy_settings(node: Any) -> PolicyNodeSettings:
         'largest change of a rotation component between consecutive actions (rad); '
         '0 disables', 0.0, 6.4)
     alignment_threshold = declare_float(
-        node, 'alignment_threshold', 0.1,
+        node, 'alignment_threshold', THRESHOLD_FROM_CHECKPOINT,
         'V-L alignment (cosine) below which the instruction is flagged as not grounded in '
-        'the scene', -1.0, 1.0)
+        f'the scene; {THRESHOLD_FROM_CHECKPOINT:g}: the threshold calibrated for the '
+        f'checkpoint (its grounding.json, vla-align eval-grounding), else {DEFAULT_THRESHOLD:g}',
+        THRESHOLD_FROM_CHECKPOINT, 1.0)
     refuse_ungrounded = declare_bool(node, 'refuse_ungrounded', False,
                                      'hold instead of acting when alignment is below '
                                      'alignment_threshold')

@@ -15,7 +15,7 @@ from vla_align.data.state import STATE_DIM as _STATE_DIM
 from vla_align.data.state import state_vector
 
 TASK_FAMILIES: tuple[str, ...] = ('reach', 'pick', 'push', 'put', 'stack')
-SPLITS: tuple[str, ...] = ('seen', 'paraphrase', 'composition', 'shift')
+SPLITS: tuple[str, ...] = ('seen', 'paraphrase', 'composition', 'shift', 'crowded')
 PANDA_JOINT_NAMES: tuple[str, ...] = (
     'panda_joint1', 'panda_joint2', 'panda_joint3', 'panda_joint4', 'panda_joint5',
     'panda_joint6', 'panda_joint7', 'panda_finger_joint1', 'panda_finger_joint2')
