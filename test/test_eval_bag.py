@@ -167,3 +167,22 @@ def test_cli_reports_unreadable_bags_and_scores_the_rest(tmp_path, bags, policy)
     assert 'pick up the red block' in (out / 'report.md').read_text()
     assert run_cli([str(tmp_path / 'absent'), '--checkpoint', str(tmp_path / 'nope'),
                     '--out', str(out)]) == 2
+
+
+def test_robot_bags_are_scored_through_their_contract(tmp_path, policy):
+    """A teleoperated cell's bag (Servo twists, a PoseStamped, a gripper controller, 30 Hz
+    camera): read as training reads it, one frame per control step, the twist x period as the
+    recorded action, and scored; without the contract the same bag cannot be scored."""
+    from test_contract_reader import CELL, STEPS, robot_bag
+
+    from vla_align.data.contract import contract_from_dict
+
+    bag = robot_bag(tmp_path / 'robot_bag')
+    frames = read_bag_frames(bag, contract=contract_from_dict(CELL))
+    assert len(frames) == STEPS and frames.scorable.all()
+    np.testing.assert_allclose(frames.actions[:, 1], 0.01, atol=1e-9)  # 0.1 m/s x 0.1 s
+    report = evaluate_bags([bag], EvalBagOptions(contract=contract_from_dict(CELL),
+                                                 latency_samples=0), policy, progress=False)
+    assert not report.failures and len(report.episodes[0].recorded) == STEPS
+    plain = evaluate_bags([bag], EvalBagOptions(latency_samples=0), policy, progress=False)
+    assert plain.failures and '/camera/image_raw' in plain.failures[0]['error']

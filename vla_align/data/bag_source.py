@@ -122,11 +122,14 @@ def scoring_contract(topics: SourceTopics, has_pose: bool, given_instruction: bo
 
 
 def read_bag_frames(path: Path, topics: SourceTopics = SourceTopics(),
-                    instruction: Optional[str] = None) -> BagFrames:
+                    instruction: Optional[str] = None,
+                    contract: Optional[TopicContract] = None) -> BagFrames:
     """Every camera frame of the bag at ``path`` with what is needed to score a policy on it.
 
     ``instruction`` (if given) is in force at every frame and the bag's instruction topic is
-    not read. Raises ``BagSourceError`` naming the bag and what is wrong.
+    not read. With a ``contract`` (a robot's bags: Servo twists, TF, ...) the bag is read as
+    training reads it -- one frame per control period, paired as the contract says -- and
+    ``topics`` are not used. Raises ``BagSourceError`` naming the bag and what is wrong.
     """
     path = Path(path)
     try:
@@ -135,10 +138,13 @@ def read_bag_frames(path: Path, topics: SourceTopics = SourceTopics(),
         reader.close()
     except ValueError as exc:
         raise BagSourceError(str(exc)) from None
-    has_pose = available.get(topics.ee_pose) == rm.POSE_STAMPED
-    contract = scoring_contract(topics, has_pose, instruction is not None)
+    has_pose = (contract.state.source != 'none' if contract is not None
+                else available.get(topics.ee_pose) == rm.POSE_STAMPED)
+    every_frame = contract is None
+    if contract is None:
+        contract = scoring_contract(topics, has_pose, instruction is not None)
     try:
-        frames = read_contract_frames(path, contract, instruction, every_frame=True)
+        frames = read_contract_frames(path, contract, instruction, every_frame=every_frame)
     except ContractBagError as exc:
         raise BagSourceError(str(exc).replace(" does not meet contract 'scoring'", '')) \
             from None

@@ -46,6 +46,7 @@ from vla_align.data.bag_source import (
     read_bag_frames,
     read_policy_recording,
 )
+from vla_align.data.contract import load_contract
 from vla_align.evaluation.bag_report import (
     REPORT_MD,
     BagEvalReport,
@@ -65,6 +66,8 @@ class EvalBagOptions:
 
     topics: SourceTopics = field(default_factory=SourceTopics)
     instruction: Optional[str] = None  # in force at every frame instead of the bag's topic
+    #: Read the bags through this topic contract (robot bags) instead of ``topics``.
+    contract: Optional[Any] = None
     batch_size: int = 32
     gripper_state: str = 'recorded'
     limits: ActionLimits = field(default_factory=ActionLimits)
@@ -207,7 +210,8 @@ def evaluate_bags(bags: Sequence[Path], options: EvalBagOptions, policy: Any = N
     per_bag = -(-options.latency_samples // max(1, len(bags)))
     for k, bag in enumerate(tqdm(bags, desc='eval-bag', unit='bag', disable=not progress)):
         try:
-            frames = read_bag_frames(bag, options.topics, options.instruction)
+            frames = read_bag_frames(bag, options.topics, options.instruction,
+                                     options.contract)
             if policy is not None:
                 predictions = predict_offline(policy, frames, options, per_bag)
             else:
@@ -277,6 +281,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                             help=f'recorded {role.replace("_", " ")} topic (default: %(default)s)')
     parser.add_argument('--instruction', help='instruction in force at every frame (for bags '
                                               'without an instruction topic)')
+    parser.add_argument('--contract', default=None, metavar='FILE',
+                        help='read the bags through this topic contract (a file or a shipped '
+                             'name, e.g. panda_servo_teleop: Servo twists, TF...) instead of '
+                             'the --*-topic options')
     parser.add_argument('--batch-size', type=int, default=32, help='frames per policy batch')
     parser.add_argument('--gripper-state', choices=GRIPPER_STATES, default='recorded',
                         help="gripper part of the state: the recorded command (default) or "
@@ -303,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
             instruction=args.instruction, batch_size=args.batch_size,
             gripper_state=args.gripper_state,
             limits=ActionLimits(args.max_translation, args.max_rotation),
-            latency_samples=args.latency_samples if args.checkpoint else 0)
+            latency_samples=args.latency_samples if args.checkpoint else 0,
+            contract=None if args.contract is None else load_contract(args.contract))
         bags = find_bags(args.bags)
     except ValueError as exc:
         print(f'vla-align eval-bag: {exc}', file=sys.stderr)
