@@ -127,3 +127,81 @@ def test_latency_probe_measures_a_policy_node_keeping_up_with_30_hz(ros_environm
     assert report.actions_matched >= 0.8 * report.frames_sent, report.describe()
     assert 0 < report.latency.p50_ms <= report.latency.p99_ms <= report.latency.max_ms
     assert report.policy_diagnostics.get('errors') == '0'
+
+
+@pytest.mark.slow
+def test_the_robot_graph_drives_the_simulated_cell_exactly_as_a_real_one(ros_environment):
+    """robot_graph (the shipped policy with the robot's parameters: dry run first, tighter
+    limits, the workspace box, stamps checked) against standin_graph (the simulator as camera,
+    arm driver, MoveIt Servo and gripper controller): only Servo twists and gripper commands
+    move the arm. Disabled, the cell does not move while the policy acts; enabled, it reaches."""
+    import threading
+
+    from geometry_msgs.msg import TwistStamped
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from std_srvs.srv import SetBool, Trigger
+
+    from vla_align.ros.command_output import DRY_RUN_TWIST
+
+    robot = load_graph_config(ROOT / 'config' / 'robot_graph.yaml').with_arguments(
+        {'checkpoint': 'checkpoints/default', 'use_camera': 'false'})
+    cell = load_graph_config(ROOT / 'config' / 'standin_graph.yaml').with_arguments(
+        {'family': 'reach'}).with_overrides(['sim_node.wait_for_policy=false',
+                                             'sim_node.start_on_launch=false'])
+    log = io.StringIO()
+    sink = LineSink(log)
+    policy = GraphRunner(robot, graph_environment(robot.settings), sink)
+    standin = GraphRunner(cell, graph_environment(cell.settings), sink)
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    node = Node('operator', context=context)
+    poses: list[np.ndarray] = []
+    dry: list[float] = []
+    node.create_subscription(PoseStamped, topics.EE_POSE, lambda m: poses.append(
+        np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])), qos.DEFAULT)
+    node.create_subscription(TwistStamped, DRY_RUN_TWIST, lambda m: dry.append(
+        abs(m.twist.linear.x) + abs(m.twist.linear.y) + abs(m.twist.linear.z)),
+        qos.SERVO_COMMANDS)
+    enable = node.create_client(SetBool, '/policy_node/enable')
+    next_task = node.create_client(Trigger, topics.RESET_EPISODE)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+
+    def spin(seconds, until=None):
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+            if until is not None and until():
+                return True
+        return until is None
+
+    def call(client, request):
+        assert client.wait_for_service(timeout_sec=60)
+        future = client.call_async(request)
+        assert spin(10, until=future.done) and future.result().success
+        return future.result()
+
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.update(
+        result=standin.run(episodes=4, timeout=240)), daemon=True)
+    policy.start()
+    try:
+        runner.start()
+        call(next_task, Trigger.Request())  # the first task: a scene, and its instruction
+        assert spin(120, until=lambda: sum(v > 0 for v in dry) > 10), log.getvalue()[-3000:]
+        still = len(poses)
+        spin(2.0)  # the policy commands in its dry run; the cell must not move
+        assert np.ptp(np.array(poses[still:]), axis=0).max() < 0.002, 'the dry run moved it'
+        call(enable, SetBool.Request(data=True))
+        runner.join(250)
+    finally:
+        policy.stop_all()
+        executor.shutdown()
+        node.destroy_node()
+        context.try_shutdown()
+    result = outcome['result']
+    assert result.status == 0, (result.reason, log.getvalue()[-3000:])
+    # The first episode's budget partly ran out in the dry run; the next ones are reached.
+    assert sum(s.success for s in result.episodes[1:]) >= 2, log.getvalue()[-3000:]
+    assert 'DRY RUN' in log.getvalue() and 'motion enabled' in log.getvalue()
