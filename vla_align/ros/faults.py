@@ -45,7 +45,7 @@ from typing import Any, Optional
 import numpy as np
 
 from vla_align.ros.isolation import private_ros_domain
-from vla_align.ros.node_harness import NodeProcess
+from vla_align.ros.node_harness import NodeProcess, spin_until
 
 SERVO_TIMEOUT_S = 0.1  # MoveIt Servo's stock incoming_command_timeout
 TRANSPORT_MARGIN_S = 0.06
@@ -150,12 +150,7 @@ class CellStandIn:
             self.counter += 1
 
     def spin(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.005)
-            if until is not None and until():
-                return True
-        return until is None
+        return spin_until(self.executor, seconds, until)
 
     def set_enabled(self, enabled: bool, timeout_s: float = 20.0) -> float:
         """Call ~/enable; the monotonic time the call was sent."""

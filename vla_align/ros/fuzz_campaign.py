@@ -48,7 +48,7 @@ from vla_align.ros.fuzz_inputs import (
 )
 from vla_align.ros.fuzz_robot import SERVO_PLANS
 from vla_align.ros.isolation import private_ros_domain
-from vla_align.ros.node_harness import NodeProcess
+from vla_align.ros.node_harness import NodeProcess, spin_until
 
 #: Policy-node limits used by the campaign (the node's defaults).
 LIMITS = ActionLimits()
@@ -192,12 +192,7 @@ class Driver:
 
     # helpers
     def spin(self, seconds: float, until: Optional[Callable[[], bool]] = None) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.005)
-            if until is not None and until():
-                return True
-        return until is None
+        return spin_until(self.executor, seconds, until)
 
     def good_frame(self, bad_image=None) -> int:
         """Publish a good 64x64 frame (or ``bad_image``) with a fresh campaign stamp."""

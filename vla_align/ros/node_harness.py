@@ -6,12 +6,25 @@ start each node exactly as ``ros2 run`` does -- ``python -m vla_align.ros.<node>
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 import os
 from pathlib import Path
 import signal
 import subprocess
 import sys
-from typing import Optional
+import time
+from typing import Any, Optional
+
+
+def spin_until(executor: Any, seconds: float,
+               until: Optional[Callable[[], bool]] = None) -> bool:
+    """Spin ``executor`` for ``seconds``, or until ``until()`` is true (then True)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.005)
+        if until is not None and until():
+            return True
+    return until is None
 
 
 def process_rss_mb(pid: int) -> Optional[float]:
