@@ -196,6 +196,9 @@ def test_the_robot_graph_drives_the_simulated_cell_exactly_as_a_real_one(ros_env
         call(enable, SetBool.Request(data=True))
         runner.join(250)
     finally:
+        standin.request_stop('test over')  # its run() stops the cell's nodes on the way out
+        if runner.is_alive():
+            runner.join(30)
         policy.stop_all()
         executor.shutdown()
         node.destroy_node()
