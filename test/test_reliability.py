@@ -89,3 +89,45 @@ def test_the_committed_safety_page_is_the_committed_report_rendered():
     report = json.loads((ROOT / 'docs' / 'reliability' / 'reliability.json').read_text())
     assert (ROOT / 'docs' / 'SAFETY.md').read_text() == render_markdown(report, for_docs=True)
     assert (ROOT / 'docs' / 'reliability' / 'soak.png').is_file()
+
+
+def test_the_comparison_page_shows_each_policy_per_family_with_intervals():
+    from vla_align.evaluation.comparison import render, summarize
+
+    def report(successes):
+        cells = {family: {'episodes': 50, 'successes': k, 'success_rate': k / 50,
+                          'ci95': [max(0.0, k / 50 - 0.1), min(1.0, k / 50 + 0.1)]}
+                 for family, k in successes.items()}
+        total = sum(successes.values())
+        return {'checkpoint': 'c', 'splits': {'seen': cells},
+                'pooled': {'seen': {'episodes': 50 * len(cells), 'successes': total,
+                                    'success_rate': total / (50 * len(cells)),
+                                    'ci95': [0.1, 0.9]}}}
+
+    train = {'training': {'minutes': 25.0, 'steps': 1200}, 'data': {'train_frames': 16000},
+             'config': {'model': {'alpha_vl': 1.0, 'beta_va': 0.5, 'gamma_la': 0.5}}}
+    page = render({'title': 'Robot path', 'intro': 'Same episodes.', 'policies': [
+        summarize('sim bags', report({'pick': 40, 'reach': 50}), train),
+        summarize('teleop bags', report({'pick': 35, 'reach': 49}), train, note='noisy')]})
+    assert '| pick | 80% (40/50) [70%, 90%] | 70% (35/50) [60%, 80%] |' in page
+    assert '| **pooled** | 90% (90/100)' in page and '| steps | 1200 | 1200 |' in page
+    assert '- teleop bags: noisy' in page
+
+
+def test_the_model_cards_measured_block_is_its_committed_reports_rendered():
+    """checkpoints/default/MODEL_CARD.md is not typed: its measured block is generated from
+    eval/sim/report.json and eval/grounding/report.json beside it."""
+    from vla_align.evaluation.model_card import (
+        BEGIN,
+        END,
+        GROUNDING_REPORT,
+        SIM_REPORT,
+        render_measured,
+    )
+
+    shipped = ROOT / 'checkpoints' / 'default'
+    card = (shipped / 'MODEL_CARD.md').read_text()
+    block = card.split(BEGIN, 1)[1].split(END, 1)[0].strip('\n')
+    expected = render_measured(json.loads((shipped / SIM_REPORT).read_text()),
+                               json.loads((shipped / GROUNDING_REPORT).read_text()))
+    assert block == expected

@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'eval-sim': ('vla_align.evaluation.sim_eval', 'closed-loop success rates in simulation'),
     'eval-grounding': ('vla_align.evaluation.grounding',
                        'calibrate and judge the grounding (V-L) score on held-out scenes'),
+    'card': ('vla_align.evaluation.model_card',
+             "rewrite a checkpoint's measured model-card block from its committed reports"),
     'compare': ('vla_align.evaluation.comparison',
                 'policies side by side from their eval-sim and training reports'),
     'eval-bag': ('vla_align.evaluation.bag_eval',
