@@ -190,8 +190,10 @@ def test_the_robot_graph_drives_the_simulated_cell_exactly_as_a_real_one(ros_env
         runner.start()
         call(next_task, Trigger.Request())  # the first task: a scene, and its instruction
         assert spin(120, until=lambda: sum(v > 0 for v in dry) > 10), log.getvalue()[-3000:]
-        still = len(poses)
+        spin(1.5)  # the arm settles into the episode's start pose
+        still, commanded = len(poses), sum(v > 0 for v in dry)
         spin(2.0)  # the policy commands in its dry run; the cell must not move
+        assert sum(v > 0 for v in dry) - commanded > 10, 'no dry-run commands to ignore'
         assert np.ptp(np.array(poses[still:]), axis=0).max() < 0.002, 'the dry run moved it'
         call(enable, SetBool.Request(data=True))
         runner.join(250)

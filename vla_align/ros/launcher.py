@@ -28,11 +28,11 @@ from vla_align.ros.graph_config import (
     GraphConfig,
     GraphConfigError,
     GraphSettings,
-    NodeSpec,
     dds_profile_variable,
     load_graph_config,
     resolve_config_path,
 )
+from vla_align.ros.node_harness import NodeProcess
 
 PREFIX = '[up]'
 #: ``vla-align up GRAPH --dry-run NAME:=VALUE``: launch arguments may follow options.
@@ -68,58 +68,6 @@ class LineSink:
         with self._lock:
             self._stream.write(line + '\n')
             self._stream.flush()
-
-
-class NodeProcess:
-    """One node process with a thread forwarding its output (and optionally our stdin)."""
-
-    def __init__(self, spec: NodeSpec, env: dict[str, str], sink: LineSink) -> None:
-        self.spec = spec
-        self._sink = sink
-        # Own session: Ctrl-C in the terminal reaches only the launcher, which then stops
-        # every node exactly once.
-        self.process = subprocess.Popen(
-            spec.command(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.PIPE if spec.stdin else subprocess.DEVNULL, text=True, bufsize=1,
-            start_new_session=True)
-        self._reader = threading.Thread(target=self._forward_output, daemon=True,
-                                        name=f'{spec.name}-output')
-        self._reader.start()
-        if spec.stdin:
-            threading.Thread(target=self._forward_stdin, daemon=True,
-                             name=f'{spec.name}-stdin').start()
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def poll(self) -> Optional[int]:
-        return self.process.poll()
-
-    def interrupt(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-
-    def finish(self, timeout: float = 2.0) -> None:
-        """Wait for the output of an exited process to be forwarded."""
-        self._reader.join(timeout)
-
-    def _forward_output(self) -> None:
-        for line in self.process.stdout:
-            self._sink.write(f'[{self.name}] {line.rstrip()}')
-
-    def _forward_stdin(self) -> None:
-        try:
-            for line in sys.stdin:
-                self.process.stdin.write(line)
-                self.process.stdin.flush()
-            self.process.stdin.close()
-        except (BrokenPipeError, OSError, ValueError):
-            pass
 
 
 @dataclass(frozen=True)
@@ -187,7 +135,9 @@ class GraphRunner:
     def start(self) -> None:
         """Start every node process (``run`` does this; tests drive the graph themselves)."""
         for spec in self.config.nodes:
-            self.nodes.append(NodeProcess(spec, self.env, self.sink))
+            self.nodes.append(NodeProcess(spec.module.rsplit('.', 1)[-1], {}, None, self.env,
+                                          name=spec.name, argv=spec.command(),
+                                          sink=self.sink, stdin=spec.stdin, new_session=True))
 
     def stop_all(self) -> None:
         """SIGINT to every node, wait up to shutdown_timeout_s, then SIGKILL the rest."""
