@@ -40,7 +40,7 @@ proprioception holds until a valid pose arrives).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 import math
 import threading
 import time
@@ -54,6 +54,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, Float32MultiArray, Header, String
 from std_srvs.srv import SetBool
 
+from vla_align.ros import deployment_checks as checks
 from vla_align.ros import qos, topics
 from vla_align.ros.command_output import CommandOutput
 from vla_align.ros.conversions import (
@@ -73,12 +74,7 @@ from vla_align.ros.pacing import FramePacer
 from vla_align.ros.params import (
     StartupError,
 )
-from vla_align.ros.policy_settings import (
-    DEFAULT_THRESHOLD,
-    THRESHOLD_FROM_CHECKPOINT,
-    PolicyNodeSettings,
-    declare_policy_settings,
-)
+from vla_align.ros.policy_settings import declare_policy_settings
 from vla_align.ros.robot_state import (
     JointStateSource,
     NoStateYet,
@@ -137,7 +133,7 @@ class PolicyNode(Node):
     def __init__(self, source: Optional[ActionSource] = None, **node_kwargs) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         self.counters = Counters()  # first: destroy_node reads it even after a failed start
-        self.settings = self._with_grounding(declare_policy_settings(self))
+        self.settings = checks.with_grounding(declare_policy_settings(self), self.get_logger())
         s = self.settings
         self._gate = SafetyGate(s.safety, initial_gripper=s.initial_gripper)
         self._expert: Optional[ExpertRelaySource] = None
@@ -149,7 +145,7 @@ class PolicyNode(Node):
         else:
             self._source = load_policy_source(s.source, s.checkpoint, s.device, s.random_config,
                                               s.torch_threads)
-        self._deployment = self._check_deployment()
+        self._deployment = checks.check_deployment(self._source, s, self.get_logger())
         self._needs_state = bool(getattr(self._source, 'needs_state', False))
         if self._needs_state and not s.use_proprioception:
             raise StartupError(f'{NODE_NAME}: this policy was trained with proprioception; '
@@ -448,88 +444,13 @@ class PolicyNode(Node):
             self._on_first_frame(shape)
 
     def _on_first_frame(self, shape: tuple[int, ...]) -> None:
-        """The camera's geometry against the checkpoint's: a camera with another aspect ratio
-        sees another field of view through the same crop."""
-        if self._deployment is None:
-            return
-        from vla_align.model.deployment import compare_deployment
-
-        found = [m for m in compare_deployment(
-            self._deployment, control_rate_hz=self.settings.control_rate,
-            action_frame=self.settings.base_frame, camera_width=int(shape[1]),
-            camera_height=int(shape[0])) if m.field.startswith('camera')]
-        for mismatch in found:
-            if self.settings.deployment_checks == 'refuse' and \
-                    mismatch.field == 'camera_aspect_ratio':
-                self._camera_refused = mismatch.message
-                self.get_logger().error(f'holding for good: {mismatch.message} (set '
-                                        f'deployment_checks: warn to act anyway)')
-            else:
-                self.get_logger().warning(f'deployment check: {mismatch.message}')
-
-    def _check_deployment(self) -> Any:
-        """The checkpoint's training conditions against this node's (``model.deployment``):
-        with ``deployment_checks: refuse`` a mismatch stops the start with one line naming it;
-        ``warn`` logs it. Returns the checkpoint's DeploymentInfo (None: nothing to check)."""
-        policy = getattr(self._source, 'policy', None)
-        if policy is None or not hasattr(policy, 'metadata'):
-            return None  # expert relay, or a test's stand-in
-        from vla_align.model.deployment import (
-            compare_deployment,
-            deployment_from_metadata,
-            language_model_identity,
-        )
-
-        try:
-            info = deployment_from_metadata(policy.metadata)
-        except ValueError as exc:
-            raise StartupError(f'{NODE_NAME}: the checkpoint has malformed deployment '
-                               f'metadata: {exc}') from None
-        if info is None:
-            self.get_logger().warning('the checkpoint predates deployment metadata: its '
-                                      'control rate, frame, camera and language model cannot '
-                                      'be checked')
-            return None
-        _name, language_hash = language_model_identity(policy.config)
-        found = compare_deployment(info, control_rate_hz=self.settings.control_rate,
-                                   action_frame=self.settings.base_frame,
-                                   language_model_hash=language_hash)
-        # The state source is not compared: a PoseStamped, TF or forward kinematics all give
-        # the same tool pose in the base frame, in the layout data.state fixes.
-        for mismatch in found:
-            if self.settings.deployment_checks == 'refuse':
-                raise StartupError(f'{NODE_NAME}: refused: {mismatch.message} (set '
-                                   f'deployment_checks: warn to start anyway)')
-            self.get_logger().warning(f'deployment check: {mismatch.message}')
-        return info
-
-    def _with_grounding(self, settings: PolicyNodeSettings) -> PolicyNodeSettings:
-        """The alignment threshold the checkpoint was calibrated with, unless a value is set;
-        a warning when ungrounded instructions are refused on a score that missed its
-        targets (``evaluation.grounding``)."""
-        from vla_align.evaluation.grounding import checkpoint_grounding
-        from vla_align.ros.sources import resolve_checkpoint_path
-
-        calibration = None
-        if settings.source == 'checkpoint' and settings.checkpoint:
-            try:
-                calibration = checkpoint_grounding(resolve_checkpoint_path(settings.checkpoint))
-            except (OSError, ValueError) as exc:
-                self.get_logger().warning(f"ignoring the checkpoint's grounding calibration: "
-                                          f'{exc}')
-        threshold = settings.safety.alignment_threshold
-        if threshold == THRESHOLD_FROM_CHECKPOINT:
-            threshold = DEFAULT_THRESHOLD if calibration is None else float(
-                calibration['threshold'])
-        if settings.safety.refuse_ungrounded and (calibration is None
-                                                  or not calibration.get('meets_targets')):
-            self.get_logger().warning(
-                "refuse_ungrounded is on, but this checkpoint's grounding score "
-                + ('was never calibrated' if calibration is None else
-                   f"missed its targets (AUC {calibration['test']['all']['auc']:.2f})")
-                + ': grounded instructions may be refused and ungrounded ones acted on')
-        return replace(settings, safety=replace(settings.safety,
-                                                alignment_threshold=threshold))
+        refusal, warnings = checks.camera_mismatches(self._deployment, self.settings, shape)
+        for line in warnings:
+            self.get_logger().warning(line)
+        if refusal:
+            self._camera_refused = refusal
+            self.get_logger().error(f'holding for good: {refusal} (set deployment_checks: '
+                                    f'warn to act anyway)')
 
     def _make_state_source(self) -> Any:
         """The end-effector pose source ``state_source`` names (``ros.robot_state``)."""
