@@ -6,7 +6,7 @@ import pytest
 
 from vla_align.ros.fuzz_campaign import combine_reports
 from vla_align.ros.load_tests import SoakConfig, summarize_soak
-from vla_align.ros.reliability import part_passed, render_markdown
+from vla_align.ros.reliability import merge_previous, part_passed, render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +31,19 @@ def test_seeds_are_combined_and_one_unsafe_command_fails_the_fuzz_part():
     assert len(row['kinds']) == 2
     assert not part_passed('fuzz', combined)
     assert part_passed('fuzz', combine_reports([fuzz_report(5), fuzz_report(6)]))
+
+
+def test_a_run_of_some_parts_keeps_the_other_parts_already_in_the_folder(tmp_path):
+    previous = {'started': '2026-01-01T00:00:00', 'passed': True,
+                'parts': {'fuzz': combine_reports([fuzz_report(5)]), 'soak': {'passed': True}}}
+    (tmp_path / 'reliability.json').write_text(json.dumps(previous))
+    new = {'started': '2026-01-02T00:00:00', 'passed': False,
+           'parts': {'soak': {'passed': False}}}
+    merged = merge_previous(new, tmp_path / 'reliability.json')
+    assert set(merged['parts']) == {'fuzz', 'soak'}
+    assert merged['parts']['soak'] == {'passed': False}  # the new run wins for what it redid
+    assert merged['started'] == '2026-01-01T00:00:00' and merged['passed'] is False
+    assert merge_previous(new, tmp_path / 'absent.json') is new
 
 
 def soak_samples(minutes: int, rss_growth: float, p99_end: float) -> tuple[list, list]:

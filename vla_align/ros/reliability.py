@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.render is not None:
         report = json.loads(args.render.read_text())
     else:
-        report = run_campaign(args)
-        args.out.mkdir(parents=True, exist_ok=True)
+        report = merge_previous(run_campaign(args), args.out / 'reliability.json')
         (args.out / 'reliability.json').write_text(json.dumps(report, indent=2) + '\n')
         (args.out / 'reliability.md').write_text(render_markdown(report))
         print(f'report: {args.out / "reliability.md"}')
@@ -105,6 +104,26 @@ def run_campaign(args: argparse.Namespace) -> dict[str, Any]:
     report['finished'] = now()
     report['passed'] = all(part_passed(name, part) for name, part in parts.items())
     return report
+
+
+def merge_previous(report: dict[str, Any], previous_path: Path) -> dict[str, Any]:
+    """Keep the parts of the report already in ``--out`` that this run did not redo.
+
+    ``--parts soak`` after ``--parts fuzz faults flood`` (or both at once, on separate cores)
+    then leaves one report holding all four; the file is read when this run ends, not when it
+    starts, so two runs into one folder keep each other's parts.
+    """
+    if not previous_path.is_file():
+        return report
+    previous = json.loads(previous_path.read_text())
+    kept = {name: part for name, part in previous.get('parts', {}).items()
+            if name not in report['parts']}
+    if not kept:
+        return report
+    merged = dict(report, parts={**kept, **report['parts']})
+    merged['started'] = min(previous.get('started', report['started']), report['started'])
+    merged['passed'] = all(part_passed(name, part) for name, part in merged['parts'].items())
+    return merged
 
 
 def part_passed(name: str, part: dict[str, Any]) -> bool:
