@@ -157,8 +157,11 @@ def test_attention_maps_never_use_the_compiled_model(tiny, frames):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 def test_cuda_path_matches_cpu(tiny, frames):
     images, states = frames
-    gpu = Policy(copy.deepcopy(tiny.model), tiny.stats, 'cuda')  # bf16/fp16 autocast, pinned
-    assert gpu.autocast_scope == 'model' and gpu.autocast_dtype is not None
+    gpu = Policy(copy.deepcopy(tiny.model), tiny.stats, 'cuda')  # bf16/fp16 trunk, pinned
+    assert gpu.autocast_scope == 'vision' and gpu.autocast_dtype is not None
+    assert_same_steps(gpu.step_batch(images, INSTRUCTIONS, states),
+                      tiny.step_batch(images, INSTRUCTIONS, states), tiny.stats)
+    gpu.autocast_scope = 'model'  # what mixed precision covered on CUDA before
     assert_same_steps(gpu.step_batch(images, INSTRUCTIONS, states),
                       tiny.step_batch(images, INSTRUCTIONS, states), tiny.stats)
 

@@ -6,9 +6,9 @@ Takes raw camera frames (any size, uint8 RGB) and instruction strings, returns d
 Speed (figures and how they were measured: ``vla-align bench``, docs/BENCHMARKS.md):
 - ``torch.inference_mode`` and a channels-last vision trunk;
 - mixed precision where the hardware has it natively (``precision='auto'``): bf16 autocast of
-  the whole model on CUDA (fp16 where bf16 is unsupported); on CPUs with AVX512-BF16/AMX, bf16
-  for the convolutional trunk only, since the small fusion matmuls lose more to per-call weight
-  casts than bf16 gains them. ``precision='fp32'`` turns it off;
+  the convolutional trunk only, on CUDA (fp16 where bf16 is unsupported) and on CPUs with
+  AVX512-BF16/AMX, since the small fusion matmuls lose more to per-call weight casts than bf16
+  gains them (measured on both). ``precision='fp32'`` turns it off;
 - instructions encoded once and cached (`encode_instruction`);
 - on CUDA, frames cross to the GPU from pinned memory without blocking;
 - ``compile=True``: ``torch.compile`` of the model (CPU: inductor with weight freezing, which
@@ -78,8 +78,11 @@ class Policy:
         # oneDNN (CPU) and cuDNN (GPU) both run these convolutions faster in NHWC.
         self.model.vision.trunk.to(memory_format=torch.channels_last)
         self.autocast_dtype = autocast_dtype(self.device, enabled=precision == 'auto')
-        # One of AUTOCAST_SCOPES: on CPU bf16 pays for the convolutions only (module docstring).
-        self.autocast_scope = 'model' if self.device.type == 'cuda' else 'vision'
+        # One of AUTOCAST_SCOPES. bf16 pays for the convolutions only, on CPU and on GPU alike:
+        # on an H200 a batch-1 step took 5.5 ms (p50) with the conv trunk in bf16, 5.8 ms in
+        # fp32 and 7.1 ms with the whole model under autocast, whose casts around the small
+        # matrix products cost more than they save (docs/BENCHMARKS.md, GPU section).
+        self.autocast_scope = 'vision'
         self._compiled: Optional[torch.nn.Module] = self._compile() if compile else None
 
     @classmethod
