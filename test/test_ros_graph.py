@@ -18,6 +18,7 @@ from vla_align.ros import qos, topics
 from vla_align.ros.graph_config import load_graph_config
 from vla_align.ros.latency_probe import ProbeConfig, measure_policy_node
 from vla_align.ros.launcher import GraphRunner, LineSink, graph_environment
+from vla_align.ros.node_harness import spin_until
 
 pytestmark = pytest.mark.ros
 pytest_plugins = ('ros_isolation',)  # fixtures: ros_environment, ros_context, spin
@@ -170,12 +171,7 @@ def test_the_robot_graph_drives_the_simulated_cell_exactly_as_a_real_one(ros_env
     executor.add_node(node)
 
     def spin(seconds, until=None):
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
-            if until is not None and until():
-                return True
-        return until is None
+        return spin_until(executor, seconds, until)
 
     def call(client, request):
         assert client.wait_for_service(timeout_sec=60)

@@ -34,7 +34,8 @@ def summarize(label: str, eval_report: dict[str, Any],
     return entry
 
 
-def _cell(cell: Optional[dict[str, Any]]) -> str:
+def success_cell(cell: Optional[dict[str, Any]]) -> str:
+    """One cell of a success table: rate (successes/episodes) [95 % Wilson interval]."""
     if not cell:
         return '-'
     low, high = cell['ci95']
@@ -52,9 +53,9 @@ def render(comparison: dict[str, Any]) -> str:
                   + ' |', '|---|' + '---|' * len(entries)]
         for family in families:
             lines.append(f'| {family} | ' + ' | '.join(
-                _cell(e['splits'].get(split, {}).get(family)) for e in entries) + ' |')
+                success_cell(e['splits'].get(split, {}).get(family)) for e in entries) + ' |')
         lines.append('| **pooled** | ' + ' | '.join(
-            _cell(e['pooled'].get(split)) for e in entries) + ' |')
+            success_cell(e['pooled'].get(split)) for e in entries) + ' |')
         lines.append('')
     if any('training' in e for e in entries):
         lines += ['## Training', '', '| | ' + ' | '.join(e['label'] for e in entries) + ' |',

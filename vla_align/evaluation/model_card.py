@@ -13,20 +13,14 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from vla_align.evaluation.comparison import success_cell
+
 BEGIN, END = '<!-- measured:begin -->', '<!-- measured:end -->'
 SIM_REPORT = Path('eval') / 'sim' / 'report.json'
 GROUNDING_REPORT = Path('eval') / 'grounding' / 'report.json'
 #: DESIGN.md section 6, per family.
 TARGETS = {'seen': 0.90, 'paraphrase': 0.80, 'composition': 0.70, 'shift': 0.80,
            'crowded': 0.75}
-
-
-def _cell(cell: Optional[dict[str, Any]]) -> str:
-    if not cell:
-        return '-'
-    low, high = cell['ci95']
-    return (f"{cell['success_rate']:.0%} ({cell['successes']}/{cell['episodes']}) "
-            f"[{low:.0%}, {high:.0%}]")
 
 
 def render_measured(sim: dict[str, Any], grounding: Optional[dict[str, Any]]) -> str:
@@ -40,9 +34,9 @@ def render_measured(sim: dict[str, Any], grounding: Optional[dict[str, Any]]) ->
              f"processes; success with 95 % Wilson intervals.", '',
              '| family | ' + ' | '.join(splits) + ' |', '|---|' + '---|' * len(splits)]
     for family in families:
-        lines.append(f'| {family} | ' + ' | '.join(_cell(sim['splits'][s].get(family))
+        lines.append(f'| {family} | ' + ' | '.join(success_cell(sim['splits'][s].get(family))
                                                    for s in splits) + ' |')
-    lines.append('| **pooled** | ' + ' | '.join(_cell(sim['pooled'].get(s)) for s in splits)
+    lines.append('| **pooled** | ' + ' | '.join(success_cell(sim['pooled'].get(s)) for s in splits)
                  + ' |')
     met = [f'{family} on {split}' for split in splits for family in families
            if split in TARGETS and sim['splits'][split].get(family, {}).get(
