@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from vla_align.evaluation.comparison import success_cell
+from vla_align.evaluation.sim_report import TARGETS
 
 BEGIN, END = '<!-- measured:begin -->', '<!-- measured:end -->'
 SIM_REPORT = Path('eval') / 'sim' / 'report.json'
 GROUNDING_REPORT = Path('eval') / 'grounding' / 'report.json'
-#: DESIGN.md section 6, per family.
-TARGETS = {'seen': 0.90, 'paraphrase': 0.80, 'composition': 0.70, 'shift': 0.80,
-           'crowded': 0.75}
 
 
 def render_measured(sim: dict[str, Any], grounding: Optional[dict[str, Any]]) -> str:

@@ -418,8 +418,9 @@ class Trainer:
     def data_summary(self) -> dict[str, Any]:
         def families(ids: list[int]) -> dict[str, int]:
             out: dict[str, int] = {}
-            for i in ids:
-                out[self.cache.episodes[i].family] = out.get(self.cache.episodes[i].family, 0) + 1
+            for i in ids:  # a robot's own recordings name no task family
+                family = self.cache.episodes[i].family or 'unlabelled'
+                out[family] = out.get(family, 0) + 1
             return dict(sorted(out.items()))
 
         return {'episodes_in_cache': len(self.cache.episodes),
