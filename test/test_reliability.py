@@ -127,6 +127,15 @@ def test_the_comparison_page_shows_each_policy_per_family_with_intervals():
     assert '- teleop bags: noisy' in page
 
 
+def test_the_committed_robot_path_page_is_its_comparison_rendered():
+    from vla_align.evaluation.comparison import render
+
+    comparison = json.loads((ROOT / 'docs' / 'robot_path' / 'comparison.json').read_text())
+    assert (ROOT / 'docs' / 'ROBOT_PATH.md').read_text() == render(comparison)
+    for link in ('robot_path/via_ros/report.md', 'robot_path/evalbag_teleop/report.md'):
+        assert link in comparison['outro'] and (ROOT / 'docs' / link).is_file()
+
+
 def test_the_model_cards_measured_block_is_its_committed_reports_rendered():
     """checkpoints/default/MODEL_CARD.md is not typed: its measured block is generated from
     eval/sim/report.json and eval/grounding/report.json beside it."""
