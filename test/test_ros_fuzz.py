@@ -285,3 +285,25 @@ def test_the_robot_path_subscribers_and_services_survive_a_fresh_seed(tmp_path, 
     assert rows['joy']['diagnostics_counted'] >= kinds['joy', 'non_finite_axes']['sent']
     assert all(k['derived_from_bad_input'] == 0 for k in kinds.values())
     assert set(report['shutdown_exit_status'].values()) == {0}
+
+
+@pytest.mark.parametrize('generator', ['image_inputs', 'instruction_texts', 'pose_inputs',
+                                       'joint_state_inputs', 'action_inputs', 'twist_inputs',
+                                       'gripper_command_inputs', 'joy_inputs'])
+def test_every_generator_gives_n_inputs_even_where_a_kind_has_few_values(generator):
+    """A kind with fewer distinct values than asked for (an empty gripper command, say) once
+    ended a 100-per-subscriber campaign with StopIteration on a fresh seed."""
+    from vla_align.ros import fuzz_inputs
+
+    inputs = getattr(fuzz_inputs, generator)(6051161, 120)
+    assert len(inputs) == 120
+    assert len({i.kind for i in inputs}) > 1
+
+
+def test_draw_repeats_a_space_smaller_than_n():
+    from hypothesis import strategies as st
+
+    from vla_align.ros.fuzz_inputs import draw
+
+    assert sorted(set(draw(st.sampled_from([1, 2]), 50, seed=3))) == [1, 2]
+    assert len(draw(st.sampled_from([1, 2]), 50, seed=3)) == 50

@@ -50,7 +50,11 @@ def draw(strategy: st.SearchStrategy, n: int, seed: int) -> list[Any]:
 
         collect()
         attempt += 1
-    return found[:n]
+    if not found:
+        raise ValueError(f'hypothesis generated no example of {strategy!r}')
+    # A kind with fewer distinct values than n (hypothesis stops once it has seen them all)
+    # repeats them: its whole space is then covered.
+    return [found[i % len(found)] for i in range(n)]
 
 
 def _spread(kinds: dict[str, st.SearchStrategy], n: int, seed: int) -> list[BadInput]:
