@@ -307,3 +307,14 @@ def test_draw_repeats_a_space_smaller_than_n():
 
     assert sorted(set(draw(st.sampled_from([1, 2]), 50, seed=3))) == [1, 2]
     assert len(draw(st.sampled_from([1, 2]), 50, seed=3)) == 50
+
+
+def test_the_undecodable_encodings_are_refused_by_the_one_decoder():
+    from vla_align.data.images import ImageDecodeError, decode_image
+    from vla_align.ros.fuzz_inputs import _UNDECODABLE, image_inputs
+
+    for item in image_inputs(6051161, 200):
+        if item.kind == 'unknown_encoding':
+            with pytest.raises(ImageDecodeError):
+                decode_image(item.message)
+    assert '16UC1' not in _UNDECODABLE and '8UC3' not in _UNDECODABLE

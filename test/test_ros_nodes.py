@@ -384,6 +384,34 @@ def test_instruction_node_latches_and_accepts_runtime_changes(ros_context, spin)
     assert not refused.successful and 'max_length' in refused.reason
 
 
+def test_a_stream_of_empty_instructions_clears_once_in_the_log(ros_context, spin):
+    """The fuzz campaign's 'empty' phase found one log line per empty message (a flood)."""
+    node = InstructionNode(context=ros_context,
+                           parameter_overrides=[Parameter('source', value='topic')])
+    lines = []
+
+    class Log:
+        def info(self, line):
+            lines.append(line)
+
+        warning = info
+
+    node.get_logger = lambda: Log()
+    other = Node('other', context=ros_context)
+    pub = other.create_publisher(String, topics.INSTRUCTION_IN, 10)
+    heard = []
+    other.create_subscription(String, topics.INSTRUCTION, lambda m: heard.append(m.data),
+                              qos.LATCHED)
+    assert spin([node, other], 5.0, until=lambda: pub.get_subscription_count() == 1)
+    pub.publish(String(data='lift the cube'))
+    spin([node, other], 2.0, until=lambda: heard)
+    for count in range(2, 7):
+        pub.publish(String(data=''))
+        spin([node, other], 2.0, until=lambda count=count: len(heard) == count)
+    assert heard == ['lift the cube'] + [''] * 5  # every clear is still relayed
+    assert lines.count('instruction cleared') == 1
+
+
 @pytest.mark.parametrize('publisher_qos', ['default', 'latched'])
 def test_instruction_node_relays_what_any_ordinary_publisher_sends(ros_context, spin,
                                                                    publisher_qos):

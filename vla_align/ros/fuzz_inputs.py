@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import numpy as np
 
 from vla_align.actions import ACTION_LAYOUT_LABEL
+from vla_align.data.images import MONO16_ENCODINGS, RAW_ENCODINGS
 
 #: Policy-node ``max_image_pixels`` during the campaign: "huge" frames stay cheap to send.
 MAX_IMAGE_PIXELS = 256 * 256
@@ -81,7 +82,10 @@ def _image(width: int, height: int, encoding: str, step: int, data: bytes) -> An
 
 # -- camera images (policy node) ----------------------------------------------------------------
 _sizes = st.tuples(st.integers(1, 80), st.integers(1, 80))
-_UNDECODABLE = ['32FC1', '16UC1', 'bayer_rggb8', 'yuv422', 'rgba16', '', 'jpeg', 'rgb8 ', '8UC3']
+#: What the one image decoder reads: it lower-cases the encoding and nothing else, so '16UC1'
+#: and '8UC3' are decodable (they were once listed here as bad) and 'rgb8 ' is not.
+_DECODABLE = {*RAW_ENCODINGS, *MONO16_ENCODINGS}
+_UNDECODABLE = ['32FC1', 'bayer_rggb8', 'yuv422', 'rgba16', '', 'jpeg', 'rgb8 ', '8UC2', '16SC1']
 
 
 @st.composite
@@ -89,9 +93,7 @@ def _unknown_encoding(draw_: Callable, kind: str = 'unknown_encoding') -> BadInp
     w, h = draw_(_sizes)
     encoding = draw_(st.one_of(st.sampled_from(_UNDECODABLE),
                                st.text(min_size=1, max_size=300).filter(
-                                   lambda e: e.strip().lower() not in {
-                                       'rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16',
-                                       '8uc1', '8uc3', '8uc4', '16uc1'})))
+                                   lambda e: e.lower() not in _DECODABLE)))
     return BadInput(kind, _image(w, h, encoding, 3 * w, draw_(_noise(3 * w * h))))
 
 
@@ -258,8 +260,8 @@ def _action(draw_: Callable, kind: str) -> BadInput:
         if draw_(st.booleans()):
             label = draw_(st.one_of(st.sampled_from(['x,y,z,qx,qy,qz,qw', 'joints',
                                                      ACTION_LAYOUT_LABEL[::-1]]),
-                                    st.text(max_size=40).filter(
-                                        lambda t: t != ACTION_LAYOUT_LABEL)))
+                                    st.text(max_size=40).filter(  # '': no layout declared
+                                        lambda t: t not in ('', ACTION_LAYOUT_LABEL))))
             msg.layout.dim = [MultiArrayDimension(label=label, size=7, stride=7)]
         else:
             msg.layout.data_offset = draw_(st.integers(1, 2 ** 31 - 1))

@@ -120,10 +120,10 @@ class InstructionNode(Node):
             return
         self._publisher.publish(String(data=instruction))
         self._published += 1
-        self._current = instruction
+        previous, self._current = self._current, instruction
         if instruction:
             self.get_logger().info(f'instruction: {instruction!r}')
-        else:
+        elif previous:  # a stream of empty messages clears once, not once per message
             self.get_logger().info('instruction cleared')
 
     def _publish_diagnostics(self) -> None:
