@@ -318,3 +318,15 @@ def test_the_undecodable_encodings_are_refused_by_the_one_decoder():
             with pytest.raises(ImageDecodeError):
                 decode_image(item.message)
     assert '16UC1' not in _UNDECODABLE and '8UC3' not in _UNDECODABLE
+
+
+def test_non_finite_joy_inputs_break_an_axis_every_preset_reads():
+    import math
+
+    from vla_align.ros.fuzz_inputs import joy_inputs
+    from vla_align.ros.teleop import PRESETS
+
+    read_by_all = set.intersection(*({a for a in m.axes if a >= 0} for m in PRESETS.values()))
+    for item in joy_inputs(4196412, 200):
+        if item.kind == 'non_finite_axes':
+            assert any(not math.isfinite(item.message.axes[a]) for a in read_by_all)
