@@ -330,3 +330,15 @@ def test_non_finite_joy_inputs_break_an_axis_every_preset_reads():
     for item in joy_inputs(4196412, 200):
         if item.kind == 'non_finite_axes':
             assert any(not math.isfinite(item.message.axes[a]) for a in read_by_all)
+
+
+def test_control_character_instructions_are_refused_as_they_arrive():
+    """What a node receives is the text up to the first NUL: no NUL, or the 'bad' instruction
+    can arrive clean (a fresh seed relayed 'push the red block to the left')."""
+    from vla_align.ros.fuzz_inputs import instruction_texts
+    from vla_align.ros.instructions import InstructionError, normalize_instruction
+
+    for item in instruction_texts(8335843, 400):
+        if item.kind == 'control_characters':
+            with pytest.raises(InstructionError):
+                normalize_instruction(item.message.split('\x00')[0], 200)

@@ -139,8 +139,10 @@ def image_inputs(seed: int, n: int) -> list[BadInput]:
 
 # -- instructions (policy node, instruction node, recorder notes) --------------------------------
 _BLANKS = [' ', '\t', '\n', '\r', '\u00a0', '\u2003', '\u3000', '\x0b', '\x0c', '\u2028']
+# No NUL: ROS 2 strings are C strings, so 'text\x00more' arrives as 'text' -- cut in transport,
+# before any node could refuse it (measured with rclpy).
 _CONTROLS = st.one_of(
-    st.characters(categories=['Cc']).filter(lambda c: c not in '\t\n\x0b\x0c\r'),
+    st.characters(categories=['Cc']).filter(lambda c: c not in '\x00\t\n\x0b\x0c\r'),
     st.characters(categories=['Cf', 'Co']), st.sampled_from(['\x85', '\u202e', '\x1b[31m']))
 
 
