@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 import os
 from pathlib import Path
 import tempfile
-import time
 
 import pytest
 
@@ -63,6 +62,8 @@ def spin(ros_context) -> Iterator[Callable]:
     """``spin(nodes, seconds, until=None)``: run the nodes' callbacks in this thread."""
     from rclpy.executors import SingleThreadedExecutor
 
+    from vla_align.ros.node_harness import spin_until
+
     executor = SingleThreadedExecutor(context=ros_context)
     added: set[int] = set()
 
@@ -71,12 +72,7 @@ def spin(ros_context) -> Iterator[Callable]:
             if id(node) not in added:
                 executor.add_node(node)
                 added.add(id(node))
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.02)
-            if until is not None and until():
-                return True
-        return until is None
+        return spin_until(executor, seconds, until)
 
     yield run
     executor.shutdown()
