@@ -435,8 +435,8 @@ def test_cli_records_episodes_from_keys_and_closes_the_running_one_at_sigterm(
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env=dict(os.environ, PYTHONPATH=str(ROOT)))
     node = Node('gripper_publisher', context=ros_context)
-    node.create_publisher(String, topics.INSTRUCTION, qos.LATCHED).publish(
-        String(data='close the lid'))
+    instruction = node.create_publisher(String, topics.INSTRUCTION, qos.LATCHED)
+    instruction.publish(String(data='close the lid'))
     gripper = node.create_publisher(Float64MultiArray, GRIPPER, qos.COMMANDS)
 
     def press(key: bytes, seconds: float) -> None:
@@ -449,9 +449,13 @@ def test_cli_records_episodes_from_keys_and_closes_the_running_one_at_sigterm(
 
     try:
         deadline = time.monotonic() + 60
-        while gripper.get_subscription_count() < 1 and time.monotonic() < deadline:
+        # Both: under load the instruction can match after the gripper, and a start key
+        # before the recorder holds an instruction is refused.
+        while (gripper.get_subscription_count() < 1 or instruction.get_subscription_count() < 1
+               ) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert gripper.get_subscription_count() == 1, 'the recorder never subscribed'
+        assert instruction.get_subscription_count() == 1, 'no instruction subscription'
         time.sleep(1.0)  # discovery completes on the subscriber's side too
         press(b's', 1.0)
         press(b'y', 0.5)
