@@ -1,7 +1,8 @@
 """The ``main()`` shared by every node: init, spin, clean shutdown, clear start-up errors."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+import contextlib
 import signal
 from typing import Optional
 
@@ -16,8 +17,35 @@ from vla_align.ros.params import StartupError
 SPIN_PERIOD_S = 0.2
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f'signal {signum}')
+class _StopSignals:
+    """SIGINT/SIGTERM handler that raises ``KeyboardInterrupt``, except inside ``deferred()``.
+
+    Inside ``deferred()`` a signal is remembered and raised when the block ends, so it cannot
+    cut an object's ``__init__`` short: an rclpy executor interrupted half-way through its
+    constructor lacks the attributes its ``__del__`` reads, and prints a traceback when
+    collected. (Masking the signal would not do: rclpy's DDS threads still receive it.)
+    """
+
+    def __init__(self) -> None:
+        self._deferring = False
+        self._pending: Optional[int] = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self._deferring:
+            self._pending = signum
+            return
+        raise KeyboardInterrupt(f'signal {signum}')
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            raise KeyboardInterrupt(f'signal {pending}')
 
 
 def run_node(make_node: Callable[[], Node], name: str,
@@ -35,11 +63,14 @@ def run_node(make_node: Callable[[], Node], name: str,
     """
     rclpy.init(args=None if args is None else list(args),
                signal_handler_options=SignalHandlerOptions.NO)
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = _StopSignals()
+    previous = {sig: signal.signal(sig, stop_signals) for sig in (signal.SIGINT, signal.SIGTERM)}
     node: Optional[Node] = None
+    executor: Optional[SingleThreadedExecutor] = None
     try:
+        with stop_signals.deferred():
+            executor = SingleThreadedExecutor()
         node = make_node()
-        executor = SingleThreadedExecutor()
         executor.add_node(node)
         while rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)
@@ -51,6 +82,8 @@ def run_node(make_node: Callable[[], Node], name: str,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if executor is not None:
+            executor.shutdown(timeout_sec=0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
