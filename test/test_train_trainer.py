@@ -109,3 +109,27 @@ def test_resume_refuses_a_different_model(cache, tmp_path):
     with pytest.raises(CheckpointError, match='model config differs'):
         Trainer(changed, cache, tmp_path, resume=tmp_path / 'checkpoint' / 'last',
                 progress=False)
+
+
+def test_a_fine_tune_starts_from_the_checkpoint_weights_with_a_fresh_schedule(trained,
+                                                                               tmp_path):
+    import dataclasses
+
+    episodes = [instruction_episode(i, text) for i, text in enumerate(list(MOTIONS) * 4)]
+    for episode in episodes:  # other data: its own statistics would differ from the checkpoint's
+        episode.actions[:, 1] *= 3.0
+    other_data = FrameCache.from_episodes(episodes, image_size=32)
+    config = dataclasses.replace(train_config(5), init_from=str(trained.best_checkpoint))
+    tuned = Trainer(config, other_data, tmp_path, progress=False)
+    source = Policy.from_checkpoint(trained.best_checkpoint, device='cpu').model
+    start = tuned.model.trainable_state_dict()
+    for name, value in source.trainable_state_dict().items():
+        assert torch.equal(value, start[name]), name
+    assert tuned.step == 0 and not tuned.optimizer.state_dict()['state']
+    checkpoint_stats = Policy.from_checkpoint(trained.best_checkpoint, device='cpu').stats
+    assert tuned.stats.to_dict() == checkpoint_stats.to_dict()
+    assert Trainer(train_config(5), other_data, tmp_path / 'scratch',
+                   progress=False).stats.to_dict() != checkpoint_stats.to_dict()
+    other = dataclasses.replace(config, model=config.model.replace(d_model=64))
+    with pytest.raises(CheckpointError, match='model config differs'):
+        Trainer(other, cache, tmp_path, progress=False)

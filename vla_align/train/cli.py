@@ -33,6 +33,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         metavar='KEY=VALUE',
                         help='override a config entry, e.g. optim.lr=1e-3 or model.d_model=192')
     parser.add_argument('--resume', help='checkpoint folder to resume (its "last" checkpoint)')
+    parser.add_argument('--init-from', metavar='CHECKPOINT',
+                        help='start from these weights and normalisation (a fine-tune; fresh '
+                             'optimizer and schedule)')
     parser.add_argument('--max-minutes', type=float, help='wall-clock budget (optim.max_minutes)')
     parser.add_argument('--max-steps', type=int, help='step budget (optim.max_steps)')
     parser.add_argument('--device', help='auto, cpu, cuda or cuda:N')
@@ -49,7 +52,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides['data.paths'] = list(args.data)
     for flag, key in (('max_minutes', 'optim.max_minutes'), ('max_steps', 'optim.max_steps'),
                       ('device', 'device'), ('seed', 'seed'), ('cache_dir', 'data.cache_dir'),
-                      ('contract', 'data.contract'), ('instruction', 'data.instruction')):
+                      ('contract', 'data.contract'), ('instruction', 'data.instruction'),
+                      ('init_from', 'init_from')):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     return overrides

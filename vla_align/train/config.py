@@ -16,6 +16,7 @@ import yaml
 from vla_align.data.transforms import AugmentConfig
 from vla_align.model.config import ConfigError, PolicyConfig
 from vla_align.paths import share_path
+from vla_align.train.instructions import InstructionAugmentConfig
 
 
 def default_cache_dir() -> str:
@@ -78,6 +79,7 @@ class TrainConfig:
     model: PolicyConfig = field(default_factory=PolicyConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    instructions: InstructionAugmentConfig = field(default_factory=InstructionAugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
     device: str = 'auto'
@@ -86,6 +88,9 @@ class TrainConfig:
     #: Mixed precision where the hardware has it natively: bf16 (or fp16) autocast on CUDA, bf16
     #: on CPUs with AVX512-BF16/AMX (1.8x faster training on this project's EPYC); else fp32.
     amp: bool = True
+    #: A checkpoint whose weights and normalisation start this run (a fine-tune); the optimizer
+    #: and schedule start fresh. None = random initial weights.
+    init_from: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -108,7 +113,8 @@ class TrainConfig:
         else:
             raise ConfigError(f'model must be a file name or a mapping, got {model!r}')
         model_dict.update(overrides)
-        sections = {'data': DataConfig, 'augment': AugmentConfig, 'optim': OptimConfig}
+        sections = {'data': DataConfig, 'augment': AugmentConfig,
+                    'instructions': InstructionAugmentConfig, 'optim': OptimConfig}
         kwargs: dict[str, Any] = {'model': PolicyConfig.from_dict(model_dict)}
         for name, kind in sections.items():
             section = data.pop(name, None) or {}

@@ -56,6 +56,7 @@ from vla_align.model.processing import uint8_to_float
 from vla_align.model.vla import ActionTargets, VLAModel
 from vla_align.train.config import TrainConfig
 from vla_align.train.distributed import DistContext
+from vla_align.train.instructions import InstructionVariants, build_variants, load_wordings
 from vla_align.train.report import write_report
 
 EVAL_BATCH = 256
@@ -120,6 +121,12 @@ class Trainer:
             if resume_state is None:
                 raise CheckpointError(f'cannot resume from {resume}: it has no trainer state '
                                       f'(resume from the "last" checkpoint)')
+        elif config.init_from:
+            checkpoint = load_checkpoint(config.init_from)
+            if checkpoint.config != config.model:
+                raise CheckpointError(f'cannot start from {config.init_from}: its model config '
+                                      f'differs from the requested one')
+            model, self.stats = checkpoint.model, checkpoint.stats
         else:
             torch.manual_seed(config.seed)  # identical initial weights on every rank
             model = VLAModel(config.model)
@@ -130,6 +137,7 @@ class Trainer:
         self.deployment = self._deployment_info() if self.dist.is_main else None
         self.channels_last = True  # faster convolutions on oneDNN (CPU) and cuDNN alike
         self.model.vision.trunk.to(memory_format=torch.channels_last)
+        self.variants = self._instruction_variants()
         self.text_table = self._encode_instructions() if config.model.freeze_language else None
 
         self.optimizer = torch.optim.AdamW(self._param_groups(), lr=opt.lr,
@@ -140,6 +148,7 @@ class Trainer:
             find_unused_parameters=min(weights) == 0) if self.dist.distributed else self.model)
 
         self.sampler_rng = torch.Generator().manual_seed(config.seed)
+        self.reword_rng = torch.Generator().manual_seed(config.seed + 2 + self.dist.rank)
         self.aug_rng = torch.Generator(device=self.device).manual_seed(
             config.seed + 1 + self.dist.rank)
         if self.dist.distributed:
@@ -170,17 +179,40 @@ class Trainer:
             self._restore(resume_state)
 
     # ----------------------------------------------------------------------------------------
+    def _instruction_variants(self) -> InstructionVariants:
+        """The cache's instructions, then their re-wordings when augmentation is on."""
+        settings = self.config.instructions
+        instructions = list(self.cache.instructions)
+        if not settings.enabled:
+            return InstructionVariants(texts=instructions,
+                                       rows=np.arange(len(instructions))[:, None])
+        family_of = {record.instruction: record.family for record in self.cache.episodes}
+        families = [family_of.get(text, '') for text in instructions]
+        return build_variants(instructions, families, load_wordings(settings),
+                              settings.variants, self.config.seed)
+
     def _encode_instructions(self) -> TextEmbedding:
-        """Every instruction of the cache, encoded once by the frozen language model."""
+        """Every instruction (and variant), encoded once by the frozen language model."""
         with torch.no_grad():
-            table = self.model.encode_text(self.cache.instructions)
+            table = self.model.encode_text(self.variants.texts)
         self.model.language.clear_cache()  # the table holds them; the cache is for inference
         return table.to(self.device)
 
-    def _text(self, instruction_ids: torch.Tensor) -> TextEmbedding | list[str]:
+    def _text(self, instruction_ids: torch.Tensor,
+              reword: bool = False) -> TextEmbedding | list[str]:
+        """Encoded instructions of a batch; with ``reword``, some read a variant instead."""
+        rows = instruction_ids
+        if reword and self.variants.rows.shape[1] > 1:
+            settings = self.config.instructions
+            count = self.variants.rows.shape[1] - 1
+            n = len(instruction_ids)
+            use = torch.rand(n, generator=self.reword_rng) < settings.probability
+            column = torch.where(use, 1 + torch.randint(count, (n,), generator=self.reword_rng),
+                                 torch.zeros(n, dtype=torch.int64))
+            rows = torch.from_numpy(self.variants.rows)[instruction_ids.cpu(), column]
         if self.text_table is not None:
-            return self.text_table.select(instruction_ids)
-        return [self.cache.instructions[i] for i in instruction_ids.tolist()]
+            return self.text_table.select(rows.to(self.text_table.tokens.device))
+        return [self.variants.texts[i] for i in rows.tolist()]
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: no weight decay on biases, norms, embeddings and temperatures; a
@@ -244,7 +276,7 @@ class Trainer:
                                 episode_ids=batch.episode_ids)
         state = (self.stats.normalize_states(batch.states) if self.config.model.use_proprio
                  else None)
-        return images, self._text(batch.instruction_ids), state, targets
+        return images, self._text(batch.instruction_ids, reword=augment), state, targets
 
     # ----------------------------------------------------------------------------------------
     def train_step(self, batch: FrameBatch) -> dict[str, torch.Tensor]:
@@ -438,6 +470,7 @@ class Trainer:
                 'best_val': self.best_val, 'best_step': self.best_step,
                 'sampler_rng': self.sampler_rng.get_state(),
                 'aug_rng': self.aug_rng.get_state(),
+                'reword_rng': self.reword_rng.get_state(),
                 'scaler': self.scaler.state_dict() if self.scaler is not None else None}
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -448,6 +481,8 @@ class Trainer:
         self.best_val, self.best_step = float(state['best_val']), int(state['best_step'])
         self.sampler_rng.set_state(state['sampler_rng'])
         self.aug_rng.set_state(state['aug_rng'])
+        if 'reword_rng' in state:
+            self.reword_rng.set_state(state['reword_rng'])
         if self.scaler is not None and state.get('scaler'):
             self.scaler.load_state_dict(state['scaler'])
 
