@@ -127,12 +127,18 @@ def test_the_comparison_page_shows_each_policy_per_family_with_intervals():
     assert '- teleop bags: noisy' in page
 
 
-def test_the_committed_robot_path_page_is_its_comparison_rendered():
+@pytest.mark.parametrize('page, folder, links', [
+    ('ROBOT_PATH.md', 'robot_path',
+     ('robot_path/via_ros/report.md', 'robot_path/evalbag_teleop/report.md')),
+    ('INSTRUCTION_AUGMENTATION.md', 'instruction_augmentation',
+     ('instruction_augmentation/eval/report.md', 'instruction_augmentation/train_report.md')),
+])
+def test_each_committed_comparison_page_is_its_comparison_rendered(page, folder, links):
     from vla_align.evaluation.comparison import render
 
-    comparison = json.loads((ROOT / 'docs' / 'robot_path' / 'comparison.json').read_text())
-    assert (ROOT / 'docs' / 'ROBOT_PATH.md').read_text() == render(comparison)
-    for link in ('robot_path/via_ros/report.md', 'robot_path/evalbag_teleop/report.md'):
+    comparison = json.loads((ROOT / 'docs' / folder / 'comparison.json').read_text())
+    assert (ROOT / 'docs' / page).read_text() == render(comparison)
+    for link in links:
         assert link in comparison['outro'] and (ROOT / 'docs' / link).is_file()
 
 
