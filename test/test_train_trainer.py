@@ -132,4 +132,4 @@ def test_a_fine_tune_starts_from_the_checkpoint_weights_with_a_fresh_schedule(tr
                    progress=False).stats.to_dict() != checkpoint_stats.to_dict()
     other = dataclasses.replace(config, model=config.model.replace(d_model=64))
     with pytest.raises(CheckpointError, match='model config differs'):
-        Trainer(other, cache, tmp_path, progress=False)
+        Trainer(other, other_data, tmp_path, progress=False)
