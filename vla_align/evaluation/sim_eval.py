@@ -59,6 +59,12 @@ from vla_align.evaluation.sim_report import (
     format_summary,
     write_report,
 )
+from vla_align.model.chunking import (
+    DEFAULT_EXECUTION,
+    EXECUTION_MODES,
+    ChunkExecution,
+    ChunkRunner,
+)
 from vla_align.sim.env import EnvConfig, ManipulationEnv
 from vla_align.sim.rollout import run_policy_episode
 from vla_align.sim.suite import TaskSuite, load_suite
@@ -146,17 +152,29 @@ class PolicyAgent(Agent):
 
     has_embeddings = True
 
-    def __init__(self, policy: Any, description: str = 'policy') -> None:
+    def __init__(self, policy: Any, description: str = 'policy',
+                 execution: ChunkExecution = DEFAULT_EXECUTION) -> None:
         self.policy = policy
         self.description = description
+        self.execution = execution
+        self._runner: Optional[ChunkRunner] = None
+        self._steps = 0
 
     def start_episode(self, env: ManipulationEnv, task: TaskSpec) -> None:
         # As the policy node does when an instruction arrives: encode it once, up front, so
-        # step latency is 'image + cached instruction -> action' (DESIGN.md §6).
-        self.policy.encode_instruction(task.instruction)
+        # step latency is 'image + cached instruction -> action' (DESIGN.md §6). A new
+        # episode also forgets the chunks of the last one.
+        if self._runner is None or self._runner.ensembler.period_s != 1.0 / env.config.control_hz:
+            self._runner = ChunkRunner(self.policy, env.config.control_hz, self.execution)
+        self._runner.encode_instruction(task.instruction)
+        self._steps = 0
 
     def act(self, observation: Observation) -> np.ndarray:
-        return self.policy.act(observation.image, observation.instruction, observation.state())
+        assert self._runner is not None, 'start_episode was not called'
+        time_s = self._steps * self._runner.ensembler.period_s
+        self._steps += 1
+        return self._runner.step(observation.image, observation.instruction,
+                                 observation.state(), time_s).action
 
     def alignment_scores(self, images: np.ndarray, states: np.ndarray,
                          instructions: Sequence[str]) -> Optional[np.ndarray]:
@@ -178,12 +196,17 @@ class CheckpointAgentFactory:
 
     path: str
     device: str = 'auto'
+    execution: ChunkExecution = DEFAULT_EXECUTION
 
     def __call__(self) -> PolicyAgent:
         from vla_align.model.policy import Policy  # torch only where a policy runs
 
         policy = Policy.from_checkpoint(self.path, device=self.device)
-        return PolicyAgent(policy, f'checkpoint {self.path}')
+        description = f'checkpoint {self.path}'
+        if policy.config.chunk_size > 1:
+            description += (f' (chunks of {policy.config.chunk_size}, execution '
+                            f'{self.execution.mode}, decay {self.execution.decay:g})')
+        return PolicyAgent(policy, description, self.execution)
 
 
 # -- jobs and the worker -------------------------------------------------------------------------
@@ -362,6 +385,7 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
              families: Optional[Sequence[str]] = None, episodes: int = 50, workers: int = 1,
              out: Optional[Path] = None, keep_failures: int = 10,
              env_config: Optional[EnvConfig] = None, device: str = 'auto',
+             execution: ChunkExecution = DEFAULT_EXECUTION,
              progress: bool = True, plots: bool = True) -> EvalReport:
     """Evaluate ``policy`` closed-loop on ``episodes`` seeded eval episodes per split x family.
 
@@ -369,10 +393,11 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
     (e.g. ``ZeroAgent``). ``splits``/``families`` default to all of the suite's. With ``out``,
     writes report.json, report.md, figures and failure bags there (``keep_failures`` at most);
     without it, only returns the report. ``env_config`` (camera, step budget) defaults to
-    ``EnvConfig()``, the configuration demonstrations are collected with.
+    ``EnvConfig()``, the configuration demonstrations are collected with. ``execution`` says
+    how a checkpoint with action chunks executes them (`vla_align.model.chunking`).
     """
     env_config = env_config or EnvConfig()
-    factory, checkpoint = _resolve_policy(policy, device)
+    factory, checkpoint = _resolve_policy(policy, device, execution)
     suite = suite if isinstance(suite, TaskSuite) else load_suite(suite)
     plan = EvalPlan.make(suite, splits, families, episodes)
     if workers < 1:
@@ -405,6 +430,7 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
         workers=workers, wall_time_s=time.perf_counter() - started,
         records=sorted(records, key=lambda r: (plan.cell_index(r.split, r.family), r.index)),
         config={'keep_failures': keep_failures, 'device': device,
+                'execution': {'mode': execution.mode, 'decay': execution.decay},
                 'seeds': {s: [seeds[0], seeds[-1]] for s, seeds in plan.seeds.items()},
                 'env': {'camera': [env_config.camera.width, env_config.camera.height],
                         'control_hz': env_config.control_hz,
@@ -463,13 +489,14 @@ class EvalPlan:
 
 
 def _resolve_policy(policy: Union[str, os.PathLike, AgentFactory],
-                    device: str) -> tuple[AgentFactory, Optional[str]]:
+                    device: str, execution: ChunkExecution = DEFAULT_EXECUTION
+                    ) -> tuple[AgentFactory, Optional[str]]:
     if isinstance(policy, (str, os.PathLike)):
         path = Path(policy)
         if not path.is_dir():
             raise EvalError(f'checkpoint {path} is not a folder (a checkpoint is the folder '
                             f'written by training, with config.json and model.safetensors)')
-        return CheckpointAgentFactory(str(path), device), str(path)
+        return CheckpointAgentFactory(str(path), device, execution), str(path)
     if not callable(policy):
         raise EvalError(f'policy must be a checkpoint folder or an agent factory, got '
                         f'{type(policy).__name__}')
@@ -574,6 +601,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help='failed episodes to record as bags under OUT/failures (default 10)')
     parser.add_argument('--device', default='auto',
                         help="torch device of the policy in each worker (default 'auto')")
+    parser.add_argument('--execution', choices=EXECUTION_MODES, default='ensemble',
+                        help='how a checkpoint with action chunks executes them: temporal '
+                             'ensembling (default) or the first action of each chunk')
+    parser.add_argument('--ensemble-decay', type=float, default=ChunkExecution.decay,
+                        help='temporal ensembling weight exp(decay x age) of older predictions '
+                             f'(default {ChunkExecution.decay:g}, as ACT)')
     parser.add_argument('--no-plots', action='store_true', help='write no PNG figures')
     parser.add_argument('--via-ros', action='store_true',
                         help='also run the episodes through the ROS 2 node graph (sim node + '
@@ -600,11 +633,12 @@ def run(args: argparse.Namespace) -> int:
 
         expected += (CheckpointError,)
     try:
+        execution = ChunkExecution(args.execution, args.ensemble_decay)
         report = evaluate(ZeroAgent if args.zero_policy else args.checkpoint, args.suite,
                           splits=_names(args.splits), families=_names(args.families),
                           episodes=args.episodes, workers=args.workers, out=out,
                           keep_failures=args.keep_failures, device=args.device,
-                          plots=not args.no_plots)
+                          execution=execution, plots=not args.no_plots)
     except expected as exc:
         print(f'vla-align eval-sim: {exc}', file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ so a crash never leaves a half-written checkpoint under the final name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 import datetime
 import json
 import os
@@ -167,3 +167,33 @@ def read_trainer_state(path: str | Path) -> Optional[dict[str, Any]]:
     except Exception as exc:  # noqa: BLE001 - unpickling errors have many types
         raise CheckpointError(f'checkpoint {path}: {TRAINER_STATE_FILE} is corrupt ({exc})') \
             from exc
+
+
+#: PolicyConfig fields a fine-tune may change from the checkpoint it starts from: they change
+#: only the output shape of the action head and the input of the action embedding, whose
+#: tensors then start fresh while every other tensor is copied.
+TRANSFERABLE_FIELDS = frozenset({'chunk_size'})
+
+
+def start_from_checkpoint(checkpoint: Checkpoint, config: PolicyConfig,
+                          source: str = 'the checkpoint') -> tuple[VLAModel, list[str]]:
+    """The model of ``config`` with ``checkpoint``'s weights; also the names of the tensors
+    that start fresh (empty when ``config`` is the checkpoint's own). Raises `CheckpointError`
+    when ``config`` differs in a field outside `TRANSFERABLE_FIELDS`."""
+    changed = [f.name for f in fields(config)
+               if getattr(config, f.name) != getattr(checkpoint.config, f.name)]
+    blocked = [name for name in changed if name not in TRANSFERABLE_FIELDS]
+    if blocked:
+        raise CheckpointError(f'cannot start from {source}: its model config differs from the '
+                              f'requested one in {", ".join(blocked)} (a fine-tune may change '
+                              f'only {", ".join(sorted(TRANSFERABLE_FIELDS))})')
+    if not changed:
+        return checkpoint.model, []
+    model = VLAModel(config)
+    weights = checkpoint.model.trainable_state_dict()
+    target = model.trainable_state_dict()
+    fresh = sorted(name for name, value in target.items()
+                   if name not in weights or weights[name].shape != value.shape)
+    model.load_state_dict({name: weights[name] for name in target if name not in fresh},
+                          strict=False)
+    return model, fresh

@@ -50,6 +50,9 @@ class PolicyStep:
     action: np.ndarray  # (7,) float32, de-normalised, gripper in [0, 1]
     alignment: float  # V-L cosine of this image with this instruction, in [-1, 1]
     gripper_prob: float = float('nan')  # P(gripper closed) before any snapping to 0/1
+    #: (K, 7) float32: the whole predicted chunk, de-normalised, gripper as P(closed);
+    #: row 0 is ``action`` before snapping. `ChunkRunner` executes the rest.
+    chunk: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -133,14 +136,25 @@ class Policy:
         with torch.inference_mode():
             out = self._forward(frames, instructions, self.prepare_state(states, len(frames)),
                                 allow_compiled=True)
-            arm = out.arm[:, 0].float().cpu().numpy()  # (B, 6) normalised, first chunk step
-            prob = out.gripper_prob[:, 0].cpu().numpy()  # (B,)
+            arm = out.arm.float().cpu().numpy()  # (B, K, 6) normalised
+            prob = out.gripper_prob.float().cpu().numpy()  # (B, K)
             alignment = out.alignment.float().cpu().numpy()  # (B,)
-        actions = np.concatenate([arm, np.zeros((len(arm), 1), np.float32)], axis=1)
-        actions = self.stats.denormalize_actions(actions).astype(np.float32)
-        actions[:, GRIPPER] = (prob >= 0.5) if self.config.binary_gripper else prob
+        chunks = np.concatenate([arm, np.zeros((*arm.shape[:2], 1), np.float32)], axis=-1)
+        chunks = self.stats.denormalize_actions(chunks).astype(np.float32)
+        chunks[..., GRIPPER] = prob
+        actions = chunks[:, 0].copy()
+        actions[:, GRIPPER] = self.gripper_command(prob[:, 0])
         return [PolicyStep(action=actions[i], alignment=float(alignment[i]),
-                           gripper_prob=float(prob[i])) for i in range(len(frames))]
+                           gripper_prob=float(prob[i, 0]), chunk=chunks[i])
+                for i in range(len(frames))]
+
+    def gripper_command(self, prob: np.ndarray | float) -> np.ndarray | float:
+        """P(gripper closed) -> the published gripper value (snapped to 0/1 when the
+        checkpoint was trained with a binary gripper)."""
+        if self.config.binary_gripper:
+            return (np.asarray(prob) >= 0.5).astype(np.float32) if np.ndim(prob) \
+                else float(prob >= 0.5)
+        return prob
 
     def encode_instruction(self, instruction: str) -> None:
         """Encode ``instruction`` now so the next `step` only runs vision + fusion."""

@@ -93,6 +93,7 @@ from vla_align.ros.safety import (
 from vla_align.ros.sources import (
     ActionSource,
     ExpertRelaySource,
+    PolicySource,
     SourceNotReady,
     load_policy_source,
 )
@@ -144,7 +145,8 @@ class PolicyNode(Node):
             self._source = self._expert
         else:
             self._source = load_policy_source(s.source, s.checkpoint, s.device, s.random_config,
-                                              s.torch_threads)
+                                              s.torch_threads, s.control_rate, s.execution,
+                                              lockstep=s.pace_rate > s.control_rate)
         self._deployment = checks.check_deployment(self._source, s, self.get_logger())
         self._needs_state = bool(getattr(self._source, 'needs_state', False))
         if self._needs_state and not s.use_proprioception:
@@ -388,6 +390,8 @@ class PolicyNode(Node):
             self._gate.set_gripper(self._measured_gripper)
         if self._expert is not None:
             self._expert.now = now
+        if isinstance(self._source, PolicySource):
+            self._source.frame_time = frame.time_s
         pose, problem = self._fresh_pose(frame.time_s)
         if pose is None and (self._needs_state or self.settings.safety.workspace is not None
                              and self.settings.use_proprioception):
@@ -432,6 +436,8 @@ class PolicyNode(Node):
         """
         self._task_seq = self._instruction_seq
         self._has_commanded = False
+        if isinstance(self._source, PolicySource):
+            self._source.restart_task()  # no chunk of the last task is executed in this one
         if self._measured_gripper is not None:
             self._gate.set_gripper(self._measured_gripper)
         else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vla_align.actions import ActionLimits
+from vla_align.model.chunking import DEFAULT_EXECUTION, EXECUTION_MODES, ChunkExecution
 from vla_align.ros.command_output import OutputSettings
 from vla_align.ros.params import (
     ParameterConfigError,
@@ -38,6 +39,7 @@ class PolicyNodeSettings:
     random_config: str
     device: str
     torch_threads: int
+    execution: ChunkExecution
     control_rate: float
     pace_rate: float
     trigger: str
@@ -76,6 +78,14 @@ def declare_policy_settings(node: Any) -> PolicyNodeSettings:
     torch_threads = declare_int(node, 'torch_threads', 1,
                                 'torch intra-op CPU threads (0: torch default); 1 keeps '
                                 'the DDS threads responsive on small machines', 0, 256)
+    execution = ChunkExecution(
+        declare_str(node, 'chunk_execution', DEFAULT_EXECUTION.mode,
+                    'a checkpoint that predicts action chunks: execute the temporal ensemble '
+                    'of every prediction for this step (ensemble) or the first action of '
+                    'the newest chunk (first)', EXECUTION_MODES),
+        declare_float(node, 'ensemble_decay', DEFAULT_EXECUTION.decay,
+                      'temporal ensembling: weight exp(decay x age) of a prediction made '
+                      'age steps earlier (0.01 as ACT; 0: plain mean)', -5.0, 5.0))
     control_rate = declare_float(node, 'control_rate', 10.0,
                                  'actions per second (Hz); each action is a delta for one '
                                  'control period, commanded as delta x control_rate', 0.5,
@@ -201,7 +211,7 @@ def declare_policy_settings(node: Any) -> PolicyNodeSettings:
                                     'refuse to start, or warn and go on', CHECK_MODES)
     return PolicyNodeSettings(
         source=source, checkpoint=checkpoint, random_config=random_config, device=device,
-        torch_threads=torch_threads,
+        torch_threads=torch_threads, execution=execution,
         control_rate=control_rate, pace_rate=pace_rate or control_rate,
         trigger=trigger, base_frame=base_frame, use_proprioception=use_proprioception,
         initial_gripper=initial_gripper, gripper_joints=tuple(gripper_joints),

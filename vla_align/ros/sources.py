@@ -19,6 +19,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from vla_align.model.chunking import DEFAULT_EXECUTION, ChunkExecution, ChunkRunner
 from vla_align.paths import share_path
 from vla_align.ros.params import StartupError
 
@@ -53,21 +54,52 @@ class ActionSource(Protocol):
 
 
 class PolicySource:
-    """Adapts ``vla_align.model.policy.Policy`` (or anything with its ``step``) to the node."""
+    """Adapts ``vla_align.model.policy.Policy`` (or anything with its ``step``) to the node.
 
-    def __init__(self, policy: object) -> None:
+    A checkpoint with action chunks runs through a `ChunkRunner` (temporal ensembling). Its
+    chunks are placed in time by ``frame_time``, the stamp of the frame each step sees (the
+    node sets it), so a skipped frame leaves a gap as it should. With ``lockstep`` (the node
+    paces faster than its control rate: a lockstep simulator, a replay faster than recorded)
+    every step is one control period after the last, whatever the clock says.
+    """
+
+    def __init__(self, policy: object, control_hz: float = 10.0,
+                 execution: ChunkExecution = DEFAULT_EXECUTION, lockstep: bool = False) -> None:
         self.policy = policy
         #: The model was trained with proprioception and cannot act without the state vector.
         self.needs_state = bool(getattr(getattr(policy, 'config', None), 'use_proprio', False))
+        chunk = getattr(getattr(policy, 'config', None), 'chunk_size', 1)
+        self.runner = ChunkRunner(policy, control_hz, execution) if chunk > 1 else None
+        self.lockstep = lockstep
+        self.frame_time = 0.0  # seconds; set by the node before each step
+        self._steps = 0
+        self._restart = False
 
     def encode_instruction(self, text: str) -> None:
+        self._steps, self._restart = 0, False
+        if self.runner is not None:
+            self.runner.encode_instruction(text)
+            return
         encode = getattr(self.policy, 'encode_instruction', None)
         if encode is not None:
             encode(text)
 
+    def restart_task(self) -> None:
+        """Forget earlier chunks before the next step (safe to call from another thread)."""
+        self._restart = True
+
     def step(self, image: np.ndarray, instruction: str,
              state: Optional[np.ndarray]) -> SourceStep:
-        out = self.policy.step(image, instruction, state=state)
+        if self.runner is None:
+            out = self.policy.step(image, instruction, state=state)
+        else:
+            if self._restart:
+                self._restart, self._steps = False, 0
+                self.runner.reset()
+            time_s = (self._steps * self.runner.ensembler.period_s if self.lockstep
+                      else self.frame_time)
+            self._steps += 1
+            out = self.runner.step(image, instruction, state, time_s)
         alignment = getattr(out, 'alignment', None)
         return SourceStep(action=np.asarray(out.action, dtype=np.float32),
                           alignment=None if alignment is None else float(alignment))
@@ -121,8 +153,11 @@ def resolve_checkpoint_path(checkpoint: str) -> Path:
 
 
 def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
-                       random_config: str = 'tiny', torch_threads: int = 1) -> PolicySource:
-    """The model-backed source for ``kind`` 'checkpoint' or 'random'.
+                       random_config: str = 'tiny', torch_threads: int = 1,
+                       control_hz: float = 10.0, execution: ChunkExecution = DEFAULT_EXECUTION,
+                       lockstep: bool = False) -> PolicySource:
+    """The model-backed source for ``kind`` 'checkpoint' or 'random' (``control_hz``,
+    ``execution`` and ``lockstep``: how a checkpoint with action chunks runs, `PolicySource`).
 
     ``torch_threads`` sets torch's intra-op CPU threads (0 keeps torch's default). One thread
     is the default: at batch 1 the convolutions gain little from more, and OpenMP workers that
@@ -156,7 +191,8 @@ def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
         torch.set_num_threads(torch_threads)
     if kind == 'checkpoint':
         try:
-            return PolicySource(Policy.from_checkpoint(path, device=device))
+            return PolicySource(Policy.from_checkpoint(path, device=device), control_hz,
+                                execution, lockstep)
         except CheckpointError as exc:  # its message already names the checkpoint
             raise StartupError(one_line(f'cannot load checkpoint: {exc}')) from None
         except Exception as exc:  # noqa: BLE001 - any loading failure is a start-up error
@@ -164,7 +200,8 @@ def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
                                         f'{type(exc).__name__}: {exc}')) from None
     config = PolicyConfig.tiny() if random_config == 'tiny' else PolicyConfig()
     try:
-        return PolicySource(Policy.from_config(config, device=device))
+        return PolicySource(Policy.from_config(config, device=device), control_hz,
+                            execution, lockstep)
     except Exception as exc:  # noqa: BLE001 - e.g. the language model folder is missing
         raise StartupError(one_line(f'cannot build a random {random_config} policy: '
                                     f'{exc}')) from None

@@ -48,6 +48,7 @@ from vla_align.model.checkpoint import (
     load_checkpoint,
     read_trainer_state,
     save_checkpoint,
+    start_from_checkpoint,
 )
 from vla_align.model.deployment import DeploymentInfo, git_state, language_model_identity
 from vla_align.model.device import autocast, autocast_dtype
@@ -111,6 +112,7 @@ class Trainer:
         self.train_action_mean = cache.actions[train_rows].mean(0)
 
         resume_state = None
+        self.fresh_tensors: list[str] = []  # of an init_from checkpoint: what starts fresh
         if resume is not None:
             checkpoint = load_checkpoint(resume)
             if checkpoint.config != config.model:
@@ -122,11 +124,14 @@ class Trainer:
                 raise CheckpointError(f'cannot resume from {resume}: it has no trainer state '
                                       f'(resume from the "last" checkpoint)')
         elif config.init_from:
+            torch.manual_seed(config.seed)  # the tensors that start fresh, as without init_from
             checkpoint = load_checkpoint(config.init_from)
-            if checkpoint.config != config.model:
-                raise CheckpointError(f'cannot start from {config.init_from}: its model config '
-                                      f'differs from the requested one')
-            model, self.stats = checkpoint.model, checkpoint.stats
+            model, fresh = start_from_checkpoint(checkpoint, config.model, config.init_from)
+            self.stats = checkpoint.stats
+            self.fresh_tensors = fresh
+            if fresh and self.dist.is_main:
+                tqdm.write(f'starting from {config.init_from}; {len(fresh)} tensors start fresh '
+                           f'(a changed chunk size): {", ".join(fresh)}')
         else:
             torch.manual_seed(config.seed)  # identical initial weights on every rank
             model = VLAModel(config.model)
@@ -502,7 +507,8 @@ class Trainer:
             'stopped_by': self.stopped_by, 'device': str(self.device),
             'world_size': self.dist.world_size,
             'threads': torch.get_num_threads() if self.device.type == 'cpu' else None,
-            'best_step': self.best_step, 'best_val_bc': self.best_val}
+            'best_step': self.best_step, 'best_val_bc': self.best_val,
+            'fresh_tensors': self.fresh_tensors}
         report = write_report(self.out_dir, config=self.config.to_dict(),
                               data=self.data_summary(), training=training, final_eval=final,
                               history=self.history,
