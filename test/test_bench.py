@@ -56,6 +56,8 @@ def test_bench_json_has_step_latency_and_throughput(quick_run):
     step = bench['policy']['step_latency']
     assert_stats(step['cached_instruction'], settings.steps)
     assert_stats(step['new_instruction'], settings.new_instruction_steps)
+    assert_stats(step['executed_action'], settings.steps)  # one forward per executed action
+    assert step['chunk_size'] == 1
     assert step['image_shape'] == [settings.height, settings.width, 3]
     points = bench['policy']['throughput']
     assert [p['batch_size'] for p in points] == list(settings.batch_sizes)

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla_align.bench.timing import LatencyStats, time_calls
+from vla_align.model.chunking import ChunkRunner
 from vla_align.model.policy import Policy
 from vla_align.sim.types import STATE_DIM
 
@@ -42,10 +43,18 @@ class StepLatency:
     cached_instruction: LatencyStats  # the usual case: the instruction was encoded before
     new_instruction: LatencyStats  # every step brings an instruction never seen before
     image_shape: tuple[int, int, int]
+    #: One executed action as the node and eval-sim produce it: the forward pass plus the
+    #: temporal ensembling of the checkpoint's action chunks (`ChunkRunner`); one forward per
+    #: action, so per-forward and per-action cost differ only by the ensembling.
+    executed_action: LatencyStats | None = None
+    chunk_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {'cached_instruction': self.cached_instruction.to_dict(),
                 'new_instruction': self.new_instruction.to_dict(),
+                'executed_action': (None if self.executed_action is None
+                                    else self.executed_action.to_dict()),
+                'chunk_size': self.chunk_size,
                 'image_shape': list(self.image_shape)}
 
 
@@ -59,7 +68,14 @@ def measure_step_latency(policy: Policy, inputs: BenchInputs, steps: int,
     new = time_calls(lambda: policy.step(inputs.frame, next(fresh), inputs.state),
                      new_instruction_steps, warmup=2, desc='step, new instruction',
                      progress=progress)
-    return StepLatency(cached, new, tuple(inputs.frame.shape))
+    runner = ChunkRunner(policy, control_hz=10.0)
+    runner.encode_instruction(inputs.instruction)
+    ticks = itertools.count()
+    executed = time_calls(
+        lambda: runner.step(inputs.frame, inputs.instruction, inputs.state, next(ticks) / 10.0),
+        steps, warmup=5, desc='executed action (chunk runner)', progress=progress)
+    return StepLatency(cached, new, tuple(inputs.frame.shape), executed,
+                       policy.config.chunk_size)
 
 
 @dataclass(frozen=True)

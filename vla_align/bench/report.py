@@ -114,9 +114,12 @@ def render_markdown(result: dict[str, Any]) -> str:
     if 'step_latency' in policy:
         step = policy['step_latency']
         lines += ['## Policy step, batch 1 (ms)', '']
-        lines += _table(['instruction', 'p50', 'p99', 'mean', 'n'],
-                        [['cached', *_ms(step['cached_instruction'])],
-                         ['new every step', *_ms(step['new_instruction'])]])
+        rows = [['cached', *_ms(step['cached_instruction'])],
+                ['new every step', *_ms(step['new_instruction'])]]
+        if step.get('executed_action'):
+            rows.append([f'cached, one executed action (chunks of {step["chunk_size"]}, '
+                         f'temporal ensembling)', *_ms(step['executed_action'])])
+        lines += _table(['instruction', 'p50', 'p99', 'mean', 'n'], rows)
     if policy.get('throughput'):
         lines += ['## Batched throughput', '']
         lines += _table(['batch', 'actions/s', 'ms per batch (p50)'],
