@@ -54,6 +54,7 @@ from vla_align.evaluation.sim_report import (
     write_report,
 )
 from vla_align.evaluation.stats import mcnemar_exact_p
+from vla_align.model.chunking import DEFAULT_EXECUTION, ChunkExecution
 from vla_align.sim.env import EnvConfig
 from vla_align.sim.suite import TaskSuite, load_suite
 
@@ -189,6 +190,7 @@ def evaluate_via_ros(policy: Union[str, os.PathLike, type[ExpertAgent]],
                      timing: RosTiming = RosTiming(), timeout_s: Optional[float] = None,
                      compare: bool = True, env_config: Optional[EnvConfig] = None,
                      device: str = 'auto', domain_id: Optional[int] = None,
+                     execution: ChunkExecution = DEFAULT_EXECUTION,
                      progress: bool = True, plots: bool = True) -> RosEvalResult:
     """Run the ``evaluate`` plan through the ROS 2 graph (and, with ``compare``, in-process).
 
@@ -204,7 +206,7 @@ def evaluate_via_ros(policy: Union[str, os.PathLike, type[ExpertAgent]],
                         'it by path), not an in-memory suite')
     plan = EvalPlan.make(suite, splits, families, episodes)
     jobs = plan.jobs()
-    source = _policy_parameters(policy, device)
+    source = _policy_parameters(policy, device, execution)
     if timing.tick_rate < 0:
         raise EvalError(f'tick rate must be >= 0 (0: lockstep), got {timing.tick_rate}')
     timeout_s = timeout_s if timeout_s is not None else 60.0 + 20.0 * len(jobs)
@@ -221,7 +223,7 @@ def evaluate_via_ros(policy: Union[str, os.PathLike, type[ExpertAgent]],
                               episodes=episodes, workers=workers,
                               out=out / IN_PROCESS_DIR if out is not None else None,
                               keep_failures=0, env_config=env_config, device=device,
-                              progress=progress, plots=plots)
+                              execution=execution, progress=progress, plots=plots)
 
     log_dir = out if out is not None else Path(tempfile.mkdtemp(prefix='vla_align_ros_eval_'))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +258,8 @@ def evaluate_via_ros(policy: Union[str, os.PathLike, type[ExpertAgent]],
     return RosEvalResult(report, in_process, agreement, timing, log_path)
 
 
-def _policy_parameters(policy: Any, device: str) -> dict[str, Any]:
+def _policy_parameters(policy: Any, device: str,
+                       execution: ChunkExecution = DEFAULT_EXECUTION) -> dict[str, Any]:
     """The policy node's parameters for ``policy``."""
     if policy is ExpertAgent:
         return {'source': 'expert'}
@@ -265,7 +268,8 @@ def _policy_parameters(policy: Any, device: str) -> dict[str, Any]:
         if not path.is_dir():
             raise EvalError(f'checkpoint {path} is not a folder (a checkpoint is the folder '
                             f'written by training, with config.json and model.safetensors)')
-        return {'source': 'checkpoint', 'checkpoint': str(path.resolve()), 'device': device}
+        return {'source': 'checkpoint', 'checkpoint': str(path.resolve()), 'device': device,
+                'chunk_execution': execution.mode, 'ensemble_decay': execution.decay}
     raise EvalError(f'through ROS the policy must be a checkpoint folder or ExpertAgent, got '
                     f'{policy!r}')
 
@@ -456,7 +460,8 @@ def run_cli(args: argparse.Namespace, out: Path, splits: Optional[list[str]],
             args.checkpoint, args.suite, splits=splits, families=families,
             episodes=args.episodes, workers=args.workers, out=out,
             timing=RosTiming(tick_rate=args.ros_rate), timeout_s=args.ros_timeout,
-            device=args.device, plots=not args.no_plots)
+            device=args.device, execution=ChunkExecution(args.execution, args.ensemble_decay),
+            plots=not args.no_plots)
     except (ValueError, CheckpointError) as exc:  # EvalError, SuiteError
         print(f'vla-align eval-sim: {exc}', file=sys.stderr)
         return 2
