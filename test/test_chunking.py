@@ -25,7 +25,7 @@ def chunk_from(values) -> np.ndarray:
 
 def test_predictions_that_agree_give_the_action_they_agree_on():
     # Every chunk predicts the value s for absolute step s: the ensemble must return s.
-    ensemble = TemporalEnsembler(4, PERIOD, ChunkExecution(decay=0.7))
+    ensemble = TemporalEnsembler(4, PERIOD, ChunkExecution(mode='ensemble', decay=0.7))
     for step in range(8):
         action = ensemble(chunk_from(np.arange(step, step + 4)), step * PERIOD)
         np.testing.assert_allclose(action, step, atol=1e-5)
@@ -34,7 +34,7 @@ def test_predictions_that_agree_give_the_action_they_agree_on():
 
 def test_each_step_averages_every_earlier_prediction_for_it_with_age_weights():
     decay = 0.5
-    ensemble = TemporalEnsembler(3, PERIOD, ChunkExecution(decay=decay))
+    ensemble = TemporalEnsembler(3, PERIOD, ChunkExecution(mode='ensemble', decay=decay))
     ensemble(chunk_from([1.0, 2.0, 3.0]), 0.0)
     ensemble(chunk_from([10.0, 20.0, 30.0]), PERIOD)
     action = ensemble(chunk_from([100.0, 200.0, 300.0]), 2 * PERIOD)
@@ -45,7 +45,7 @@ def test_each_step_averages_every_earlier_prediction_for_it_with_age_weights():
 
 
 def test_a_skipped_step_leaves_the_predictions_where_they_belong_in_time():
-    ensemble = TemporalEnsembler(3, PERIOD, ChunkExecution(decay=0.0))
+    ensemble = TemporalEnsembler(3, PERIOD, ChunkExecution(mode='ensemble', decay=0.0))
     ensemble(chunk_from([1.0, 2.0, 3.0]), 0.0)
     # No step at t=0.1 (a hold, a dropped frame); the chunk of t=0 still says 3.0 for t=0.2.
     action = ensemble(chunk_from([7.0, 8.0, 9.0]), 2 * PERIOD + 0.004)  # a little jitter
@@ -59,7 +59,7 @@ def test_first_mode_and_a_clock_that_goes_back_use_the_newest_chunk_alone():
     first = TemporalEnsembler(3, PERIOD, ChunkExecution(mode='first'))
     first(chunk_from([1.0, 2.0, 3.0]), 0.0)
     np.testing.assert_allclose(first(chunk_from([7.0, 8.0, 9.0]), PERIOD), 7.0)
-    ensemble = TemporalEnsembler(3, PERIOD)
+    ensemble = TemporalEnsembler(3, PERIOD, ChunkExecution(mode='ensemble'))
     ensemble(chunk_from([1.0, 2.0, 3.0]), 5.0)
     np.testing.assert_allclose(ensemble(chunk_from([7.0, 8.0, 9.0]), 1.0), 7.0)
     with pytest.raises(ValueError, match='mode'):
@@ -81,7 +81,7 @@ def frame(seed: int) -> np.ndarray:
 
 def test_the_runner_executes_the_ensemble_of_the_policys_own_chunks(chunked_policy):
     text = 'pick up the red cube'
-    runner = ChunkRunner(chunked_policy, 10.0, ChunkExecution(decay=0.0))
+    runner = ChunkRunner(chunked_policy, 10.0, ChunkExecution(mode='ensemble', decay=0.0))
     runner.encode_instruction(text)
     first = runner.step(frame(1), text, None, 0.0)
     alone = chunked_policy.step(frame(1), text)
@@ -95,6 +95,11 @@ def test_the_runner_executes_the_ensemble_of_the_policys_own_chunks(chunked_poli
     assert not np.allclose(second.action[:6], new.action[:6], atol=1e-4)
     runner.encode_instruction('push the blue cube to the left')  # a new task: nothing carries
     assert runner.ensembler.pending == 0
+    default = ChunkRunner(chunked_policy, 10.0)  # the default executes each chunk's first step
+    default.encode_instruction(text)
+    for step in (1, 2):
+        np.testing.assert_allclose(default.step(frame(step), text, None, step / 10).action,
+                                   chunked_policy.step(frame(step), text).action, atol=1e-6)
 
 
 def test_a_one_step_model_runs_exactly_as_policy_step():
@@ -110,9 +115,10 @@ def test_a_one_step_model_runs_exactly_as_policy_step():
 def test_the_node_source_places_steps_by_frame_time_or_one_period_apart_in_lockstep(
         chunked_policy):
     text = 'stack the green cube on the red cube'
-    timed = PolicySource(chunked_policy, control_hz=10.0, execution=ChunkExecution(decay=0.0))
+    ensemble = ChunkExecution(mode='ensemble', decay=0.0)
+    timed = PolicySource(chunked_policy, control_hz=10.0, execution=ensemble)
     lockstep = PolicySource(chunked_policy, control_hz=10.0,
-                            execution=ChunkExecution(decay=0.0), lockstep=True)
+                            execution=ensemble, lockstep=True)
     for source in (timed, lockstep):
         source.encode_instruction(text)
         source.frame_time = 100.0

@@ -132,6 +132,8 @@ def test_the_comparison_page_shows_each_policy_per_family_with_intervals():
      ('robot_path/via_ros/report.md', 'robot_path/evalbag_teleop/report.md')),
     ('INSTRUCTION_AUGMENTATION.md', 'instruction_augmentation',
      ('instruction_augmentation/eval/report.md', 'instruction_augmentation/train_report.md')),
+    ('ACTION_CHUNKS.md', 'action_chunks',
+     ('action_chunks/eval_first/report.md', 'action_chunks/eval_ensemble/report.md')),
 ])
 def test_each_committed_comparison_page_is_its_comparison_rendered(page, folder, links):
     from vla_align.evaluation.comparison import render

@@ -601,9 +601,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help='failed episodes to record as bags under OUT/failures (default 10)')
     parser.add_argument('--device', default='auto',
                         help="torch device of the policy in each worker (default 'auto')")
-    parser.add_argument('--execution', choices=EXECUTION_MODES, default='ensemble',
-                        help='how a checkpoint with action chunks executes them: temporal '
-                             'ensembling (default) or the first action of each chunk')
+    parser.add_argument('--execution', choices=EXECUTION_MODES, default=DEFAULT_EXECUTION.mode,
+                        help='how a checkpoint with action chunks executes them: the first '
+                             'action of the newest chunk (default) or temporal ensembling')
     parser.add_argument('--ensemble-decay', type=float, default=ChunkExecution.decay,
                         help='temporal ensembling weight exp(decay x age) of older predictions '
                              f'(default {ChunkExecution.decay:g}, as ACT)')

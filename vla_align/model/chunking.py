@@ -12,6 +12,12 @@ the older, longer-observed predictions a little more (ACT uses 0.01); m < 0 trus
 Chunks are placed in time by their control-step time stamps, not by counting calls, so a
 skipped step (a hold, a dropped frame) leaves the right predictions in place and ones older than
 K periods fall out on their own.
+
+Measured (docs/ACTION_CHUNKS.md): on the simulated Panda a policy fine-tuned to predict chunks
+of 5 succeeded on 91 % of seen episodes executing the first action of each chunk, and on 58 %
+with temporal ensembling: averaging older predictions blurs the moment the gripper opens or
+closes, and put and stack fell to 2-4 %. So ``first`` is the default; chunks still help as a
+training target.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ EXECUTION_MODES = ('ensemble', 'first')
 class ChunkExecution:
     """How a chunked policy's predictions become the executed action."""
 
-    mode: str = 'ensemble'  # 'ensemble' (temporal ensembling) or 'first' (step 0 of each chunk)
+    mode: str = 'first'  # 'first' (step 0 of the newest chunk) or 'ensemble' (ACT's ensembling)
     decay: float = 0.01  # see the module docstring; 0 = plain mean
 
     def __post_init__(self) -> None:
@@ -43,7 +49,8 @@ class ChunkExecution:
                              f'{self.decay!r}')
 
 
-#: Temporal ensembling with ACT's weights: what every runner uses unless told otherwise.
+#: What every runner uses unless told otherwise: the newest chunk's first action (measured
+#: better than ensembling here, see the module docstring).
 DEFAULT_EXECUTION = ChunkExecution()
 
 

@@ -80,9 +80,9 @@ def declare_policy_settings(node: Any) -> PolicyNodeSettings:
                                 'the DDS threads responsive on small machines', 0, 256)
     execution = ChunkExecution(
         declare_str(node, 'chunk_execution', DEFAULT_EXECUTION.mode,
-                    'a checkpoint that predicts action chunks: execute the temporal ensemble '
-                    'of every prediction for this step (ensemble) or the first action of '
-                    'the newest chunk (first)', EXECUTION_MODES),
+                    'a checkpoint that predicts action chunks: execute the first action '
+                    'of the newest chunk (first) or the temporal ensemble of every '
+                    'prediction for this step (ensemble)', EXECUTION_MODES),
         declare_float(node, 'ensemble_decay', DEFAULT_EXECUTION.decay,
                       'temporal ensembling: weight exp(decay x age) of a prediction made '
                       'age steps earlier (0.01 as ACT; 0: plain mean)', -5.0, 5.0))
