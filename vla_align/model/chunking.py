@@ -13,11 +13,10 @@ Chunks are placed in time by their control-step time stamps, not by counting cal
 skipped step (a hold, a dropped frame) leaves the right predictions in place and ones older than
 K periods fall out on their own.
 
-Measured (docs/ACTION_CHUNKS.md): on the simulated Panda a policy fine-tuned to predict chunks
-of 5 succeeded on 91 % of seen episodes executing the first action of each chunk, and on 58 %
-with temporal ensembling: averaging older predictions blurs the moment the gripper opens or
-closes, and put and stack fell to 2-4 %. So ``first`` is the default; chunks still help as a
-training target.
+Measured on the simulated Panda (docs/ACTION_CHUNKS.md): with the same chunked weights,
+temporal ensembling lost most put and stack episodes that first-action execution won, since
+averaging older predictions blurs the step at which the gripper opens or closes. So ``first``
+is the default; chunks still help as a training target.
 """
 from __future__ import annotations
 
