@@ -153,3 +153,16 @@ def test_a_fine_tune_may_change_the_chunk_size_and_keeps_every_other_weight(tmp_
     assert same is checkpoint.model and none_fresh == []
     with pytest.raises(CheckpointError, match='differs from the requested one in d_model'):
         start_from_checkpoint(checkpoint, config.replace(d_model=64, chunk_size=4))
+
+
+def test_a_fine_tune_may_turn_an_alignment_term_off_and_copies_every_weight(tmp_path):
+    torch.manual_seed(3)
+    config = PolicyConfig.tiny()
+    save_checkpoint(tmp_path / 'one', VLAModel(config), Policy.from_config(config).stats, {})
+    checkpoint = load_checkpoint(tmp_path / 'one')
+    ablation = config.replace(alpha_vl=0.0, beta_va=0.0, gamma_la=0.0)
+    model, fresh = start_from_checkpoint(checkpoint, ablation)
+    assert fresh == [] and model.config.alpha_vl == 0.0 and model is not checkpoint.model
+    source = checkpoint.model.trainable_state_dict()
+    assert all(torch.equal(value, source[name])
+               for name, value in model.trainable_state_dict().items())

@@ -169,10 +169,12 @@ def read_trainer_state(path: str | Path) -> Optional[dict[str, Any]]:
             from exc
 
 
-#: PolicyConfig fields a fine-tune may change from the checkpoint it starts from: they change
-#: only the output shape of the action head and the input of the action embedding, whose
-#: tensors then start fresh while every other tensor is copied.
-TRANSFERABLE_FIELDS = frozenset({'chunk_size'})
+#: PolicyConfig fields a fine-tune may change from the checkpoint it starts from. ``chunk_size``
+#: changes only the output shape of the action head and the input of the action embedding, whose
+#: tensors then start fresh while every other tensor is copied; the loss weights change no
+#: tensor at all (an ablation fine-tunes with an alignment term at zero, for example).
+LOSS_WEIGHT_FIELDS = frozenset({'alpha_vl', 'beta_va', 'gamma_la', 'bc_weight', 'gripper_weight'})
+TRANSFERABLE_FIELDS = frozenset({'chunk_size'}) | LOSS_WEIGHT_FIELDS
 
 
 def start_from_checkpoint(checkpoint: Checkpoint, config: PolicyConfig,
