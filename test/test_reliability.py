@@ -125,6 +125,27 @@ def test_the_comparison_page_shows_each_policy_per_family_with_intervals():
     assert '| pick | 80% (40/50) [70%, 90%] | 70% (35/50) [60%, 80%] |' in page
     assert '| **pooled** | 90% (90/100)' in page and '| steps | 1200 | 1200 |' in page
     assert '- teleop bags: noisy' in page
+    assert '## Alignment' not in page  # no retrieval in these reports: no empty table
+
+
+def test_the_comparison_page_shows_what_the_alignment_buys_beside_success():
+    from vla_align.evaluation.comparison import render, summarize
+
+    def train(recall):
+        scores = {'recall_at_1': recall, 'chance_recall_at_1': 0.01, 'recall_at_5': 0.5,
+                  'mean_rank': 3.0}
+        return {'training': {'minutes': 50.0}, 'config': {'model': {'alpha_vl': recall}},
+                'final_eval': {'alignment': {'retrieval': {'V->L': scores, 'V->A': scores}}}}
+
+    report = {'splits': {}, 'pooled': {},
+              'alignment': {'frames': 2000, 'margin': 0.2, 'true_above_wrong': 0.8265}}
+    page = render({'title': 'Ablation', 'policies': [
+        summarize('aligned', report, train(0.162)),
+        summarize('no alignment', {'splits': {}, 'pooled': {}}, train(0.007))]})
+    assert '| held-out V->L recall@1 (chance) | 16.2% (1.0%) | 0.7% (1.0%) |' in page
+    assert '| held-out V->A recall@1 (chance) |' in page
+    assert '| closed loop: true instruction above another | 82.7% of 2000 frames | - |' in page
+    assert '| closed loop: V-L margin (true - other) | +0.200 | - |' in page
 
 
 @pytest.mark.parametrize('page, folder, links', [

@@ -31,7 +31,42 @@ def summarize(label: str, eval_report: dict[str, Any],
             'contract', 'bags', 'bags_used', 'frames_read', 'dropped') if key in d}
         entry['alignment_weights'] = {k: train_report.get('config', {}).get('model', {}).get(k)
                                       for k in ('alpha_vl', 'beta_va', 'gamma_la')}
+        retrieval = (train_report.get('final_eval', {}).get('alignment', {})
+                     .get('retrieval', {}))
+        entry['retrieval'] = {pair: {key: scores.get(key) for key in RETRIEVAL_KEYS}
+                              for pair, scores in retrieval.items()}
+    closed_loop = eval_report.get('alignment') or {}
+    if closed_loop:
+        entry['closed_loop_alignment'] = {key: closed_loop.get(key) for key in (
+            'frames', 'margin', 'true_above_wrong')}
     return entry
+
+
+#: Held-out retrieval figures the page keeps from a training report, per direction (V->L ...).
+RETRIEVAL_KEYS = ('recall_at_1', 'chance_recall_at_1', 'recall_at_5', 'mean_rank')
+
+
+def alignment_rows(entries: list[dict[str, Any]]) -> list[str]:
+    """Rows of the alignment table: held-out recall@1 per direction (chance in brackets), and
+    how often the true instruction outscores another one on the frames of closed-loop episodes."""
+    rows = []
+    directions = sorted({pair for e in entries for pair in e.get('retrieval', {})})
+    for pair in directions:
+        cells = []
+        for e in entries:
+            scores = e.get('retrieval', {}).get(pair)
+            cells.append('-' if not scores else
+                         f"{scores['recall_at_1']:.1%} ({scores['chance_recall_at_1']:.1%})")
+        rows.append(f'| held-out {pair} recall@1 (chance) | ' + ' | '.join(cells) + ' |')
+    if any('closed_loop_alignment' in e for e in entries):
+        rows.append('| closed loop: true instruction above another | ' + ' | '.join(
+            '-' if 'closed_loop_alignment' not in e else
+            f"{e['closed_loop_alignment']['true_above_wrong']:.1%} of "
+            f"{e['closed_loop_alignment']['frames']} frames" for e in entries) + ' |')
+        rows.append('| closed loop: V-L margin (true - other) | ' + ' | '.join(
+            '-' if 'closed_loop_alignment' not in e else
+            f"{e['closed_loop_alignment']['margin']:+.3f}" for e in entries) + ' |')
+    return rows
 
 
 def success_cell(cell: Optional[dict[str, Any]]) -> str:
@@ -72,6 +107,10 @@ def render(comparison: dict[str, Any]) -> str:
                 '-' if v is None else (f'{v:.1f}' if isinstance(v, float) else str(v))
                 for v in values) + ' |')
         lines.append('')
+    alignment = alignment_rows(entries)
+    if alignment:
+        lines += ['## Alignment', '', '| | ' + ' | '.join(e['label'] for e in entries) + ' |',
+                  '|---|' + '---|' * len(entries), *alignment, '']
     notes = [f"- {e['label']}: {e['note']}" for e in entries if e.get('note')]
     lines += notes + ([''] if notes else [])
     lines += [comparison.get('outro', ''), ''] if comparison.get('outro') else []
