@@ -5,8 +5,11 @@ import pytest
 from vla_align.evaluation.grounding import (
     KINDS,
     absent_object_requests,
+    apply_calibration,
     auc,
     calibrate,
+    familiarity_block,
+    grounding_score,
     judge,
     ungrounded_requests,
 )
@@ -55,3 +58,69 @@ def test_calibration_flags_two_percent_of_true_instructions_and_judges_held_out_
     overlapping = judge(rows(rng.normal(0.1, 0.2, 500), rng.normal(0.0, 0.2, 500)), threshold)
     # Scores that shifted since calibration: poor AUC, and most true instructions flagged.
     assert overlapping['seen']['auc'] < 0.7 and overlapping['seen']['true_flagged'] > 0.5
+
+
+def scored(kind, vl, familiarity, split='seen'):
+    return {'split': split, 'kind': kind, 'vl': vl, 'familiarity': familiarity}
+
+
+def test_a_request_is_flagged_when_either_check_fails():
+    """Chat scores like a true instruction on V-L (the V-L head never saw chat) but is
+    unfamiliar; an absent object is familiar text but does not match the scene. Each check alone
+    passes one of them; the joined score flags both and keeps the true instructions."""
+    rng = np.random.default_rng(4)
+
+    def scenes(n, split='seen'):
+        return ([scored('true', v, f, split) for v, f in zip(rng.normal(0.3, 0.1, n),
+                                                             rng.normal(0.8, 0.05, n))]
+                + [scored('non_manipulation', v, f, split)
+                   for v, f in zip(rng.normal(0.3, 0.1, n), rng.normal(0.3, 0.05, n))]
+                + [scored('absent_object', v, f, split)
+                   for v, f in zip(rng.normal(-0.3, 0.1, n), rng.normal(0.8, 0.05, n))])
+
+    calibration = scenes(1000)
+    block = familiarity_block(calibration)
+    apply_calibration(calibration, {'familiarity': block})
+    threshold = calibrate(calibration)
+    test = scenes(500, 'crowded')
+    apply_calibration(test, {'familiarity': block})
+    verdict = judge(test, threshold)['crowded']
+    assert verdict['auc'] > 0.99 and verdict['true_flagged'] < 0.05
+    assert verdict['auc_vl'] < 0.8 and verdict['auc_familiarity'] < 0.8  # each alone fails
+    assert verdict['per_kind']['non_manipulation']['passed'] < 0.01
+    assert verdict['per_kind']['absent_object']['passed'] < 0.01
+    # The joined score is the two gates: below the threshold exactly when either check is.
+    for row in test:
+        mapped = block['vl_anchor'] + (row['familiarity'] - block['anchor']) * block['scale']
+        assert (row['score'] < threshold) == (row['vl'] < threshold or mapped < threshold)
+
+
+def test_without_training_instructions_the_score_is_the_vl_score():
+    rows_ = [scored('true', 0.3, None), scored('nonsense', 0.1, None)]
+    assert familiarity_block(rows_) is None
+    apply_calibration(rows_, {'familiarity': None})
+    assert [r['score'] for r in rows_] == [0.3, 0.1]
+    assert grounding_score(0.3, 0.9, None) == 0.3
+    assert judge(rows_, 0.2)['seen']['auc_familiarity'] is None
+
+
+@pytest.fixture(scope='module')
+def familiar_policy():
+    from vla_align.model.config import PolicyConfig
+    from vla_align.model.policy import Policy
+
+    policy = Policy.from_config(PolicyConfig.tiny(), device='cpu')
+    policy.metadata['training_instructions'] = ['pick up the red block',
+                                                'push the blue block to the left']
+    return policy
+
+
+def test_familiarity_is_highest_for_the_training_instructions_themselves(familiar_policy):
+    assert familiar_policy.instruction_familiarity('pick up the red block') == \
+        pytest.approx(1.0, abs=1e-4)
+    rewording = familiar_policy.instruction_familiarity('lift the red block')
+    chat = familiar_policy.instruction_familiarity('what time is it')
+    assert chat < rewording < 1.0
+    familiar_policy.metadata['training_instructions'] = []
+    familiar_policy._reference_text = None
+    assert familiar_policy.instruction_familiarity('pick up the red block') is None

@@ -182,3 +182,4 @@ def test_the_model_cards_measured_block_is_its_committed_reports_rendered():
     expected = render_measured(json.loads((shipped / SIM_REPORT).read_text()),
                                json.loads((shipped / GROUNDING_REPORT).read_text()))
     assert block == expected
+    assert 'Evaluated: checkpoint checkpoints/default ' in block  # evidence of this checkpoint

@@ -41,6 +41,38 @@ def test_policy_source_passes_through_and_reports_its_need_for_state():
     assert not PolicySource(FakePolicy(use_proprio=False)).needs_state
 
 
+class FamiliarPolicy(FakePolicy):
+    """A policy whose training instructions were about blocks."""
+
+    def __init__(self):
+        super().__init__(use_proprio=False)
+        self.references_encoded = 0
+
+    def reference_embeddings(self):
+        self.references_encoded += 1
+
+    def instruction_familiarity(self, text):
+        return 0.9 if 'block' in text else 0.1
+
+
+def test_a_calibrated_source_judges_the_instruction_as_well_as_the_scene():
+    calibration = {'threshold': 0.0, 'familiarity': {'vl_anchor': 0.0, 'anchor': 0.5,
+                                                     'scale': 1.0}}
+    policy = FamiliarPolicy()
+    source = PolicySource(policy, grounding=calibration)
+    assert policy.references_encoded == 1  # at start-up, not at the first instruction
+    image = np.zeros((4, 4, 3), np.uint8)
+    source.encode_instruction('pick the red block')
+    familiar = source.step(image, 'pick the red block', None)
+    assert familiar.alignment == pytest.approx(0.25) and familiar.grounding == pytest.approx(0.25)
+    source.encode_instruction('tell me a joke')  # the scene matches (0.25), the request does not
+    chat = source.step(image, 'tell me a joke', None)
+    assert chat.alignment == pytest.approx(0.25) and chat.grounding == pytest.approx(-0.4)
+    uncalibrated = PolicySource(FamiliarPolicy(), grounding={'threshold': 0.1})
+    uncalibrated.encode_instruction('tell me a joke')
+    assert uncalibrated.step(image, 'tell me a joke', None).grounding is None
+
+
 def test_expert_relay_returns_only_fresh_suggestions():
     relay = ExpertRelaySource(max_age_s=0.5)
     image = np.zeros((4, 4, 3), np.uint8)

@@ -73,6 +73,10 @@ def test_the_instruction_decides_the_action(trained):
     right = policy.step(IMAGE, 'move the gripper to the right and open it', state())
     assert left.action[1] > 0.01 and right.action[1] < -0.01
     assert left.gripper_prob > 0.8 and right.gripper_prob < 0.2
+    # The checkpoint lists what it was trained on, for the grounding check's familiarity.
+    assert sorted(policy.training_instructions) == sorted(MOTIONS)
+    assert policy.instruction_familiarity('move the gripper to the left and close it') == \
+        pytest.approx(1.0, abs=1e-4)
 
 
 def test_report_and_checkpoints_are_written(trained):

@@ -10,6 +10,15 @@ project builds itself (``ungrounded_requests``):
 * ``non_manipulation`` -- questions and chat ("what time is it");
 * ``nonsense`` -- random syllables.
 
+**The score** joins two checks, because the V-L score alone cannot tell chat or nonsense from
+an instruction (it was never trained on them): the V-L cosine of the frame with the request
+(does the scene hold what it names?) and the request's *familiarity*, its sentence embedding's
+cosine to the nearest training instruction (`Policy.instruction_familiarity`: is it a task of
+the kind the policy learnt?). ``grounding_score`` maps familiarity into V-L units (anchored at
+each score's 1st percentile of true instructions, scaled by their spreads) and takes the
+smaller, so a request is flagged when either check fails. Checkpoints that list no training
+instructions are judged by the V-L score alone.
+
 **Calibration**: the threshold is the 2nd percentile of the true instructions' scores on
 *calibration* scenes (the validation seeds of each split); it is then judged on disjoint
 *test* scenes (the evaluation seeds): the share of true instructions flagged (target <= 2 %),
@@ -111,7 +120,8 @@ def build_scenes(split: str, purpose: str, count: int, seed: int = 0) -> list[Sc
 
 
 def score_scenes(policy: Any, scenes: list[Scene]) -> list[dict[str, Any]]:
-    """The V-L score of each scene's true instruction and of its ungrounded requests."""
+    """The V-L score (``vl``) and familiarity of each scene's true instruction and of its
+    ungrounded requests; ``score`` is filled in by `apply_calibration`."""
     rows = []
     for scene in scenes:
         texts = [scene.instruction] + [t for kind in KINDS for t in scene.ungrounded[kind]]
@@ -120,8 +130,40 @@ def score_scenes(policy: Any, scenes: list[Scene]) -> list[dict[str, Any]]:
                                   np.repeat(scene.state[None], len(texts), 0))
         for kind, text, step in zip(kinds, texts, steps, strict=True):
             rows.append({'split': scene.split, 'seed': scene.seed, 'family': scene.family,
-                         'kind': kind, 'text': text, 'score': float(step.alignment)})
+                         'kind': kind, 'text': text, 'vl': float(step.alignment),
+                         'familiarity': policy.instruction_familiarity(text)})
     return rows
+
+
+def grounding_score(alignment: float, familiarity: Optional[float],
+                    calibration: Optional[dict[str, Any]]) -> float:
+    """The grounding score in V-L units (module docstring): the V-L score, or the familiarity
+    mapped onto it by the calibration's ``familiarity`` block when that is smaller."""
+    block = (calibration or {}).get('familiarity')
+    if familiarity is None or not block:
+        return alignment
+    mapped = block['vl_anchor'] + (familiarity - block['anchor']) * block['scale']
+    return min(alignment, mapped)
+
+
+def familiarity_block(rows: list[dict[str, Any]], quantile: float = FLAG_TARGET / 2
+                      ) -> Optional[dict[str, float]]:
+    """How familiarity maps onto V-L units: each score's ``quantile`` over the true
+    instructions as anchors, the ratio of their spreads as scale; None without familiarity."""
+    true = [r for r in rows if r['kind'] == 'true']
+    if not true or any(r['familiarity'] is None for r in true):
+        return None
+    vl = np.array([r['vl'] for r in true])
+    familiar = np.array([r['familiarity'] for r in true])
+    return {'vl_anchor': float(np.quantile(vl, quantile)),
+            'anchor': float(np.quantile(familiar, quantile)),
+            'scale': float(vl.std() / max(familiar.std(), 1e-6))}
+
+
+def apply_calibration(rows: list[dict[str, Any]], calibration: Optional[dict[str, Any]]) -> None:
+    """Fill each row's ``score`` (`grounding_score`) in place."""
+    for row in rows:
+        row['score'] = grounding_score(row['vl'], row['familiarity'], calibration)
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -139,16 +181,27 @@ def calibrate(rows: list[dict[str, Any]], quantile: float = FLAG_TARGET) -> floa
     return float(np.quantile(true, quantile))
 
 
+def check_auc(rows: list[dict[str, Any]], key: str) -> Optional[float]:
+    """The AUC of one check alone (``vl`` or ``familiarity``); None where rows lack it."""
+    if any(r.get(key) is None for r in rows):
+        return None
+    return auc(np.array([r[key] for r in rows if r['kind'] == 'true']),
+               np.array([r[key] for r in rows if r['kind'] != 'true']))
+
+
 def judge(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """Per split (and pooled): AUC, true instructions flagged, ungrounded passed per kind."""
+    """Per split (and pooled): AUC, true instructions flagged, ungrounded passed per kind;
+    also the AUC of each check alone (``auc_vl``, ``auc_familiarity``)."""
     out: dict[str, Any] = {}
     for split in [*sorted({r['split'] for r in rows}), 'all']:
         part = [r for r in rows if split == 'all' or r['split'] == split]
         true = np.array([r['score'] for r in part if r['kind'] == 'true'])
         bad = np.array([r['score'] for r in part if r['kind'] != 'true'])
+
         out[split] = {
             'true_instructions': len(true), 'ungrounded_requests': len(bad),
-            'auc': auc(true, bad),
+            'auc': auc(true, bad), 'auc_vl': check_auc(part, 'vl'),
+            'auc_familiarity': check_auc(part, 'familiarity'),
             'true_flagged': float(np.mean(true < threshold)) if len(true) else float('nan'),
             'ungrounded_passed': float(np.mean(bad >= threshold)) if len(bad) else float('nan'),
             'true_mean': float(true.mean()) if len(true) else float('nan'),
@@ -171,12 +224,15 @@ def evaluate_grounding(policy: Any, scenes_per_split: int = 100,
     for split in tqdm(splits, desc='grounding', unit='split', disable=not progress):
         calibration += score_scenes(policy, build_scenes(split, 'val', scenes_per_split))
         test += score_scenes(policy, build_scenes(split, 'eval', scenes_per_split))
+    familiarity = familiarity_block(calibration)
+    apply_calibration(calibration, {'familiarity': familiarity})
+    apply_calibration(test, {'familiarity': familiarity})
     threshold = calibrate(calibration)
     result = judge(test, threshold)
     pooled = result['all']
     meets = bool(pooled['true_flagged'] <= FLAG_TARGET
                  and all(v['auc'] >= AUC_TARGET for k, v in result.items()))
-    return {'threshold': threshold, 'meets_targets': meets,
+    return {'threshold': threshold, 'familiarity': familiarity, 'meets_targets': meets,
             'targets': {'true_flagged_max': FLAG_TARGET, 'auc_min': AUC_TARGET},
             'calibration': {'scenes_per_split': scenes_per_split, 'splits': list(splits),
                             'purpose': 'val', 'quantile': FLAG_TARGET},
@@ -207,13 +263,22 @@ def write_report(result: dict[str, Any], out: Path, checkpoint: str) -> None:
              f"on as many evaluation scenes per split. Targets: at most "
              f"{FLAG_TARGET:.0%} of true instructions flagged, AUC >= {AUC_TARGET}. "
              f"**{'Met' if result['meets_targets'] else 'Not met'}.**", '',
-             '| split | AUC | true flagged | ungrounded passed | ' +
-             ' | '.join(f'AUC {k}' for k in KINDS) + ' |',
-             '|---|---|---|---|' + '---|' * len(KINDS)]
+             'The score is the smaller of the V-L score and the mapped familiarity; each '
+             "check's own AUC is shown beside it ('-': the checkpoint lists no training "
+             'instructions).' if result.get('familiarity') else
+             'The score is the V-L score alone: the checkpoint lists no training instructions.',
+             '', '| split | AUC | AUC V-L alone | AUC familiarity alone | true flagged | '
+             'ungrounded passed | ' + ' | '.join(f'AUC {k}' for k in KINDS) + ' |',
+             '|---|---|---|---|---|---|' + '---|' * len(KINDS)]
+
+    def number(value: Optional[float]) -> str:
+        return '-' if value is None else f'{value:.3f}'
+
     for split, v in result['test'].items():
         kinds = ' | '.join(f"{v['per_kind'][k]['auc']:.3f}" if k in v['per_kind'] else '-'
                            for k in KINDS)
-        lines.append(f"| {split} | {v['auc']:.3f} | {v['true_flagged']:.1%} | "
+        lines.append(f"| {split} | {v['auc']:.3f} | {number(v.get('auc_vl'))} | "
+                     f"{number(v.get('auc_familiarity'))} | {v['true_flagged']:.1%} | "
                      f"{v['ungrounded_passed']:.1%} | {kinds} |")
     lines += ['', '![scores](scores.png)', '']
     (out / 'report.md').write_text('\n'.join(lines))
@@ -229,7 +294,8 @@ def plot_scores(result: dict[str, Any], path: Path) -> None:
     splits = [s for s in result['test'] if s != 'all']
     fig, axes = plt.subplots(1, len(splits), figsize=(3.2 * len(splits), 3), sharey=True)
     axes = np.atleast_1d(axes)
-    bins = np.linspace(-1, 1, 41)
+    scores = [r['score'] for r in rows]
+    bins = np.linspace(min(-1.0, min(scores)), 1, 41)
     for ax, split in zip(axes, splits, strict=True):
         for kind, colour in (('true', 'tab:green'), ('absent_object', 'tab:red'),
                              ('impossible', 'tab:orange'), ('non_manipulation', 'tab:purple'),
@@ -238,7 +304,7 @@ def plot_scores(result: dict[str, Any], path: Path) -> None:
             ax.hist(scores, bins=bins, histtype='step', color=colour, label=kind, density=True)
         ax.axvline(result['threshold'], color='black', linestyle='--', linewidth=0.8)
         ax.set_title(f"{split} (AUC {result['test'][split]['auc']:.2f})", fontsize=9)
-        ax.set_xlabel('V-L score')
+        ax.set_xlabel('grounding score (V-L units)')
     axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -274,7 +340,8 @@ def run(args: argparse.Namespace) -> int:
           f"targets {'met' if result['meets_targets'] else 'NOT met'}; report "
           f"{args.out / 'report.md'}")
     if args.write_checkpoint:
-        summary = {'threshold': result['threshold'], 'meets_targets': result['meets_targets'],
+        summary = {'threshold': result['threshold'], 'familiarity': result['familiarity'],
+                   'meets_targets': result['meets_targets'],
                    'targets': result['targets'], 'calibration': result['calibration'],
                    'test': result['test']}
         (Path(checkpoint) / GROUNDING_FILE).write_text(json.dumps(summary, indent=2) + '\n')

@@ -29,7 +29,8 @@ def render_measured(sim: dict[str, Any], grounding: Optional[dict[str, Any]]) ->
              f"{cfg.get('episodes_per_cell', '?')} seeded evaluation episodes per cell, "
              f"{sum(v['episodes'] for k, v in sim['pooled'].items() if k != 'all')} episodes in "
              f"{sim.get('wall_time_s', 0):.0f} s with {cfg.get('workers', '?')} worker "
-             f"processes; success with 95 % Wilson intervals.", '',
+             f"processes; success with 95 % Wilson intervals."
+             + (f" Evaluated: {sim['policy']}." if sim.get('policy') else ''), '',
              '| family | ' + ' | '.join(splits) + ' |', '|---|' + '---|' * len(splits)]
     for family in families:
         lines.append(f'| {family} | ' + ' | '.join(success_cell(sim['splits'][s].get(family))

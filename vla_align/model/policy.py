@@ -87,6 +87,7 @@ class Policy:
         # matrix products cost more than they save (docs/BENCHMARKS.md, GPU section).
         self.autocast_scope = 'vision'
         self._compiled: Optional[torch.nn.Module] = self._compile() if compile else None
+        self._reference_text: Optional[torch.Tensor] = None  # see instruction_familiarity
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = 'auto',
@@ -161,6 +162,43 @@ class Policy:
         _check_instructions([instruction], 1)
         with torch.inference_mode():
             self.model.encode_text([instruction])
+
+    @property
+    def training_instructions(self) -> list[str]:
+        """The distinct instructions of the training data (checkpoint metadata); empty for
+        checkpoints written before the trainer recorded them."""
+        texts = self.metadata.get('training_instructions') or []
+        return [t for t in texts if isinstance(t, str) and t.strip()]
+
+    def instruction_familiarity(self, instruction: str) -> Optional[float]:
+        """Cosine of ``instruction``'s sentence embedding (the policy's own language model)
+        to the nearest training instruction; None when the checkpoint lists none.
+
+        Re-wordings of trained tasks score high, chat, nonsense and requests of another kind
+        low: the text half of the grounding check (`vla_align.evaluation.grounding`), which
+        the V-L score alone judges badly. One encoder pass per new instruction."""
+        references = self.reference_embeddings()
+        if references is None:
+            return None
+        _check_instructions([instruction], 1)
+        with torch.inference_mode():
+            query = torch.nn.functional.normalize(
+                self.model.encode_text([instruction]).pooled.float(), dim=-1)
+            return float((query @ references.T).max())
+
+    def reference_embeddings(self) -> Optional[torch.Tensor]:
+        """(N, E) unit sentence embeddings of the training instructions, encoded on the first
+        call (a node calls it at start-up, so the first instruction does not wait for them)."""
+        references = self.training_instructions
+        if not references:
+            return None
+        if self._reference_text is None:
+            with torch.inference_mode():
+                pooled = [self.model.language(references[i:i + 64]).pooled
+                          for i in range(0, len(references), 64)]
+                self._reference_text = torch.nn.functional.normalize(
+                    torch.cat(pooled).float(), dim=-1)
+        return self._reference_text
 
     def embed(self, images: ImageBatch, instructions: Sequence[str], actions: np.ndarray,
               states: Optional[np.ndarray] = None) -> AlignedEmbeddings:

@@ -27,7 +27,9 @@ task's last command, and the rate limiter restarts; the text is encoded only whe
 Safety (``safety.SafetyGate``): output clamped to the limits and rate limited; an explicit
 hold (zero motion, gripper unchanged) when the image is stale or cannot be decoded, no usable
 instruction is set, the model fails or returns non-finite values, or (with
-``refuse_ungrounded``) the alignment is below threshold. Each change of state is logged once
+``refuse_ungrounded``) the grounding score is below threshold (the V-L alignment joined with
+the instruction's familiarity where the checkpoint is calibrated for it:
+`vla_align.evaluation.grounding`). Each change of state is logged once
 (a state that recurs within ``log_repeat_period_s`` is only counted) and shown in /diagnostics.
 
 Malformed messages (an image with the wrong size or encoding, an instruction that is too long
@@ -174,6 +176,7 @@ class PolicyNode(Node):
         self._action_rate = RateMeter()
         self._frame_rate = RateMeter()
         self._last_alignment = math.nan
+        self._last_grounding = math.nan  # what the gate judged: grounding score, else alignment
         period = s.log_repeat_period_s
         self._state_log = StateChangeReporter('acting again: inputs are fresh and usable', period)
         self._grounding_log = StateChangeReporter('instruction is grounded again', period)
@@ -424,7 +427,9 @@ class PolicyNode(Node):
             if out.alignment is not None and math.isfinite(out.alignment):
                 self._last_alignment = out.alignment
                 self._alignment_pub.publish(Float32(data=float(out.alignment)))
-            return self._gate.accept(out.action, out.alignment, position)
+            score = out.alignment if out.grounding is None else out.grounding
+            self._last_grounding = math.nan if score is None else score
+            return self._gate.accept(out.action, score, position)
 
     def _start_task(self) -> None:
         """A new instruction message starts a task from the robot as measured.
@@ -547,7 +552,8 @@ class PolicyNode(Node):
             message = self._grounding_log.update(flag, now)
             if message is not None:
                 text = (f'instruction {self._instruction!r} may not be grounded in the scene: '
-                        f'alignment {self._last_alignment:.3f} < '
+                        f'grounding score {self._last_grounding:.3f} (V-L alignment '
+                        f'{self._last_alignment:.3f}) < '
                         f'{self.settings.safety.alignment_threshold:.3f} (acting anyway; set '
                         f'refuse_ungrounded to hold)' if flag else message)
                 # rclpy pins a severity to each call site: one site per severity.

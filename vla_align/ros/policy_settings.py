@@ -115,12 +115,13 @@ def declare_policy_settings(node: Any) -> PolicyNodeSettings:
         '0 disables', 0.0, 6.4)
     alignment_threshold = declare_float(
         node, 'alignment_threshold', THRESHOLD_FROM_CHECKPOINT,
-        'V-L alignment (cosine) below which the instruction is flagged as not grounded in '
-        f'the scene; {THRESHOLD_FROM_CHECKPOINT:g}: the threshold calibrated for the '
+        "grounding score (V-L alignment, joined with the instruction's familiarity where "
+        'the checkpoint is calibrated for it) below which the instruction is flagged as not '
+        f'grounded in the scene; {THRESHOLD_FROM_CHECKPOINT:g}: the threshold calibrated for the '
         f'checkpoint (its grounding.json, vla-align eval-grounding), else {DEFAULT_THRESHOLD:g}',
         THRESHOLD_FROM_CHECKPOINT, 1.0)
     refuse_ungrounded = declare_bool(node, 'refuse_ungrounded', False,
-                                     'hold instead of acting when alignment is below '
+                                     'hold instead of acting when the grounding score is below '
                                      'alignment_threshold')
     base_frame = declare_str(node, 'base_frame', 'panda_link0',
                              'the robot base frame: of the Servo twists, the pose and the '

@@ -79,7 +79,7 @@ class SafetyConfig:
     #: actions (metres / radians per step); 0 disables the rate limit.
     max_translation_change: float = 0.03
     max_rotation_change: float = 0.15
-    #: V-L alignment below this is flagged as ungrounded.
+    #: A grounding score (V-L units) below this is flagged as ungrounded.
     alignment_threshold: float = 0.1
     refuse_ungrounded: bool = False
     #: Where the commanded end effector may go (None: no box).
@@ -105,7 +105,7 @@ class Decision:
     detail: str = ''
     clamped: bool = False  # the model output was outside the limits
     rate_limited: bool = False  # the change from the previous action was cut
-    ungrounded: bool = False  # alignment below threshold (published anyway unless refused)
+    ungrounded: bool = False  # grounding below threshold (published anyway unless refused)
     workspace_limited: bool = False  # the motion was cut at the workspace box
 
     @property

@@ -32,10 +32,13 @@ class SourceNotReady(RuntimeError):
 
 @dataclass(frozen=True)
 class SourceStep:
-    """One output: a raw 7-DoF action (unclamped) and the V-L alignment, None when unknown."""
+    """One output: a raw 7-DoF action (unclamped), the V-L alignment and the grounding score
+    the safety gate judges (`vla_align.evaluation.grounding.grounding_score`), None when
+    unknown; a source without a grounding score is judged by its alignment."""
 
     action: np.ndarray
     alignment: Optional[float] = None
+    grounding: Optional[float] = None
 
 
 class ActionSource(Protocol):
@@ -61,11 +64,22 @@ class PolicySource:
     node sets it), so a skipped frame leaves a gap as it should. With ``lockstep`` (the node
     paces faster than its control rate: a lockstep simulator, a replay faster than recorded)
     every step is one control period after the last, whatever the clock says.
+
+    With a checkpoint's grounding calibration (``grounding``, its grounding.json) each step
+    also carries the grounding score: the V-L alignment joined with the instruction's
+    familiarity, computed once per instruction.
     """
 
     def __init__(self, policy: object, control_hz: float = 10.0,
-                 execution: ChunkExecution = DEFAULT_EXECUTION, lockstep: bool = False) -> None:
+                 execution: ChunkExecution = DEFAULT_EXECUTION, lockstep: bool = False,
+                 grounding: Optional[dict] = None) -> None:
         self.policy = policy
+        familiar = getattr(policy, 'instruction_familiarity', None)
+        self.grounding = grounding if familiar is not None and grounding and \
+            grounding.get('familiarity') else None
+        if self.grounding is not None:
+            policy.reference_embeddings()  # encoded now, not when the first instruction comes
+        self._familiarity: Optional[float] = None
         #: The model was trained with proprioception and cannot act without the state vector.
         self.needs_state = bool(getattr(getattr(policy, 'config', None), 'use_proprio', False))
         chunk = getattr(getattr(policy, 'config', None), 'chunk_size', 1)
@@ -77,6 +91,8 @@ class PolicySource:
 
     def encode_instruction(self, text: str) -> None:
         self._steps, self._restart = 0, False
+        self._familiarity = (None if self.grounding is None
+                             else self.policy.instruction_familiarity(text))
         if self.runner is not None:
             self.runner.encode_instruction(text)
             return
@@ -101,8 +117,13 @@ class PolicySource:
             self._steps += 1
             out = self.runner.step(image, instruction, state, time_s)
         alignment = getattr(out, 'alignment', None)
+        alignment = None if alignment is None else float(alignment)
+        grounding = None
+        if alignment is not None and self.grounding is not None:
+            from vla_align.evaluation.grounding import grounding_score
+            grounding = grounding_score(alignment, self._familiarity, self.grounding)
         return SourceStep(action=np.asarray(out.action, dtype=np.float32),
-                          alignment=None if alignment is None else float(alignment))
+                          alignment=alignment, grounding=grounding)
 
 
 class ExpertRelaySource:
@@ -192,7 +213,7 @@ def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
     if kind == 'checkpoint':
         try:
             return PolicySource(Policy.from_checkpoint(path, device=device), control_hz,
-                                execution, lockstep)
+                                execution, lockstep, grounding=calibration_of(path))
         except CheckpointError as exc:  # its message already names the checkpoint
             raise StartupError(one_line(f'cannot load checkpoint: {exc}')) from None
         except Exception as exc:  # noqa: BLE001 - any loading failure is a start-up error
@@ -205,6 +226,17 @@ def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
     except Exception as exc:  # noqa: BLE001 - e.g. the language model folder is missing
         raise StartupError(one_line(f'cannot build a random {random_config} policy: '
                                     f'{exc}')) from None
+
+
+def calibration_of(checkpoint: Path) -> Optional[dict]:
+    """The checkpoint's grounding calibration; None when it has none or it is unreadable (the
+    node's deployment checks log why)."""
+    from vla_align.evaluation.grounding import checkpoint_grounding
+
+    try:
+        return checkpoint_grounding(checkpoint)
+    except (OSError, ValueError):
+        return None
 
 
 def one_line(message: str) -> str:

@@ -450,7 +450,9 @@ class Trainer:
                 'contract': self.cache.contract,
                 # What deployment must match (the contract's rate, frame, state source...).
                 'deployment': None if self.deployment is None else self.deployment.to_dict(),
-                'data_report': None if report is None else asdict(report)}
+                'data_report': None if report is None else asdict(report),
+                # What the grounding check compares requests with (Policy.instruction_familiarity).
+                'training_instructions': sorted(self.cache.instructions)}
 
     def data_summary(self) -> dict[str, Any]:
         def families(ids: list[int]) -> dict[str, int]:
