@@ -62,8 +62,12 @@ def render_measured(sim: dict[str, Any], grounding: Optional[dict[str, Any]]) ->
                   f"evaluation scenes **AUC {t['all']['auc']:.3f}** against the project's "
                   f"ungrounded requests (target ≥ 0.97), {t['all']['true_flagged']:.1%} of "
                   f"true instructions flagged (target ≤ 2 %), "
-                  f"{t['all']['ungrounded_passed']:.1%} of ungrounded requests passing. "
-                  f"Per split: " + ', '.join(f"{s} {v['auc']:.2f}" for s, v in t.items()
+                  f"{t['all']['ungrounded_passed']:.1%} of ungrounded requests passing"
+                  + (f" (each check alone: V-L AUC {t['all']['auc_vl']:.3f}, familiarity AUC "
+                     f"{t['all']['auc_familiarity']:.3f})"
+                     if t['all'].get('auc_vl') is not None
+                     and t['all'].get('auc_familiarity') is not None else '')
+                  + '. Per split: ' + ', '.join(f"{s} {v['auc']:.2f}" for s, v in t.items()
                                              if s != 'all') + '. Targets '
                   + ('met.' if grounding['meets_targets'] else
                      'not met: `refuse_ungrounded` stays off.')]
