@@ -71,12 +71,12 @@ def test_a_request_is_flagged_when_either_check_fails():
     rng = np.random.default_rng(4)
 
     def scenes(n, split='seen'):
-        return ([scored('true', v, f, split) for v, f in zip(rng.normal(0.3, 0.1, n),
-                                                             rng.normal(0.8, 0.05, n))]
-                + [scored('non_manipulation', v, f, split)
-                   for v, f in zip(rng.normal(0.3, 0.1, n), rng.normal(0.3, 0.05, n))]
-                + [scored('absent_object', v, f, split)
-                   for v, f in zip(rng.normal(-0.3, 0.1, n), rng.normal(0.8, 0.05, n))])
+        def kind(name, vl_mean, familiar_mean):
+            return [scored(name, v, f, split) for v, f in zip(
+                rng.normal(vl_mean, 0.1, n), rng.normal(familiar_mean, 0.05, n), strict=True)]
+
+        return (kind('true', 0.3, 0.8) + kind('non_manipulation', 0.3, 0.3)
+                + kind('absent_object', -0.3, 0.8))
 
     calibration = scenes(1000)
     block = familiarity_block(calibration)

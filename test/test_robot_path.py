@@ -346,3 +346,36 @@ def test_the_threshold_comes_from_the_checkpoints_calibration(ros_context, tiny_
     uncalibrated = checkpoint_node(ros_context, path, alignment_threshold=-2.0)
     assert uncalibrated.settings.safety.alignment_threshold == pytest.approx(0.1)
     uncalibrated.destroy_node()
+
+
+def test_a_request_unlike_any_training_instruction_is_refused_when_it_arrives(
+        ros_context, spin, tiny_checkpoint, tmp_path):
+    """With a calibration that includes familiarity, chat is judged by its text: the V-L
+    threshold here (-1) passes any scene, so only the familiarity gate can hold it."""
+    import shutil
+
+    path, _info = tiny_checkpoint
+    calibrated = tmp_path / 'familiar'
+    shutil.copytree(path, calibrated)
+    meta = json.loads((calibrated / 'metadata.json').read_text())
+    meta['training_instructions'] = ['lift the red block', 'push the blue block left']
+    (calibrated / 'metadata.json').write_text(json.dumps(meta))
+    (calibrated / 'grounding.json').write_text(json.dumps({
+        'threshold': -1.0, 'meets_targets': True, 'test': {'all': {'auc': 0.99}},
+        'familiarity': {'vl_anchor': -0.5, 'anchor': 0.9, 'scale': 5.0}}))
+    policy = checkpoint_node(ros_context, calibrated, refuse_ungrounded=True)
+    probe = Probe(ros_context)
+    nodes = [policy, probe.node]
+
+    def drive(instruction):
+        probe.instruction_pub.publish(String(data=instruction))
+        for _ in range(6):
+            probe.pose_pub.publish(pose_at(policy, 0.5))
+            probe.frame(size=(48, 64))
+            spin(nodes, 0.1)
+
+    drive('tell me a joke')
+    assert policy.counters.hold_reasons.get('UNGROUNDED', 0) >= 3
+    assert policy.counters.actions == 0
+    drive('lift the red block')
+    assert policy.counters.actions >= 3

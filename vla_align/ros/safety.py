@@ -39,7 +39,8 @@ class HoldReason(str, Enum):
     SOURCE_NOT_READY = 'action source has no output yet'
     SOURCE_ERROR = 'action source failed'
     NON_FINITE = 'model output is not finite'
-    UNGROUNDED = 'instruction is not grounded in the scene (alignment below threshold)'
+    UNGROUNDED = ('instruction is not grounded: an unfamiliar request or one the scene does not '
+                  'match (grounding score below threshold)')
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class SafetyGate:
         ungrounded = (alignment is not None and math.isfinite(alignment)
                       and alignment < self.config.alignment_threshold)
         if ungrounded and self.config.refuse_ungrounded:
-            return self.hold(HoldReason.UNGROUNDED, f'alignment {alignment:.3f} < '
+            return self.hold(HoldReason.UNGROUNDED, f'grounding score {alignment:.3f} < '
                                                     f'{self.config.alignment_threshold:.3f}')
         raw = np.asarray(raw_action, dtype=np.float32).reshape(-1)
         limited = limit_change(self._last, clamped, self.config.max_translation_change,
