@@ -197,7 +197,6 @@ def judge(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
         part = [r for r in rows if split == 'all' or r['split'] == split]
         true = np.array([r['score'] for r in part if r['kind'] == 'true'])
         bad = np.array([r['score'] for r in part if r['kind'] != 'true'])
-
         out[split] = {
             'true_instructions': len(true), 'ungrounded_requests': len(bad),
             'auc': auc(true, bad), 'auc_vl': check_auc(part, 'vl'),
