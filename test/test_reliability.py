@@ -134,7 +134,8 @@ def test_the_comparison_page_shows_what_the_alignment_buys_beside_success():
     def train(recall):
         scores = {'recall_at_1': recall, 'chance_recall_at_1': 0.01, 'recall_at_5': 0.5,
                   'mean_rank': 3.0}
-        return {'training': {'minutes': 50.0}, 'config': {'model': {'alpha_vl': recall}},
+        return {'training': {'wall_minutes': 50.0, 'train_samples_per_s': 139.4, 'steps': 9},
+                'config': {'model': {'alpha_vl': recall}},
                 'final_eval': {'alignment': {'retrieval': {'V->L': scores, 'V->A': scores}}}}
 
     report = {'splits': {}, 'pooled': {},
@@ -146,6 +147,8 @@ def test_the_comparison_page_shows_what_the_alignment_buys_beside_success():
     assert '| held-out V->A recall@1 (chance) |' in page
     assert '| closed loop: true instruction above another | 82.7% of 2000 frames | - |' in page
     assert '| closed loop: V-L margin (true - other) | +0.200 | - |' in page
+    # The trainer's own report names: wall_minutes, train_samples_per_s.
+    assert '| minutes | 50.0 | 50.0 |' in page and '| samples_per_s | 139.4 | 139.4 |' in page
 
 
 @pytest.mark.parametrize('page, folder, links', [
@@ -154,7 +157,8 @@ def test_the_comparison_page_shows_what_the_alignment_buys_beside_success():
     ('INSTRUCTION_AUGMENTATION.md', 'instruction_augmentation',
      ('instruction_augmentation/eval/report.md', 'instruction_augmentation/train_report.md')),
     ('ACTION_CHUNKS.md', 'action_chunks',
-     ('action_chunks/eval_first/report.md', 'action_chunks/eval_ensemble/report.md')),
+     ('../checkpoints/default/eval/sim/report.md', 'action_chunks/eval_base/report.md',
+      'action_chunks/eval_control/report.md', 'action_chunks/eval_ensemble/report.md')),
 ])
 def test_each_committed_comparison_page_is_its_comparison_rendered(page, folder, links):
     from vla_align.evaluation.comparison import render

@@ -23,9 +23,12 @@ def summarize(label: str, eval_report: dict[str, Any],
                              'eval_config': eval_report.get('config', {})}
     if train_report is not None:
         t, d = train_report.get('training', {}), train_report.get('data', {})
+        # The trainer's report names two of them differently (wall_minutes, train_samples_per_s).
+        t = {'minutes': t.get('wall_minutes'), 'samples_per_s': t.get('train_samples_per_s'),
+             **t}
         entry['training'] = {key: t.get(key) for key in (
             'steps', 'minutes', 'stopped_by', 'samples_per_s', 'samples_seen', 'best_step',
-            'world_size', 'device') if key in t}
+            'world_size', 'device') if t.get(key) is not None}
         entry['data'] = {key: d.get(key) for key in (
             'episodes_in_cache', 'train_episodes', 'val_episodes', 'train_frames', 'val_frames',
             'contract', 'bags', 'bags_used', 'frames_read', 'dropped') if key in d}
