@@ -263,8 +263,7 @@ def write_report(result: dict[str, Any], out: Path, checkpoint: str) -> None:
              f"{FLAG_TARGET:.0%} of true instructions flagged, AUC >= {AUC_TARGET}. "
              f"**{'Met' if result['meets_targets'] else 'Not met'}.**", '',
              'The score is the smaller of the V-L score and the mapped familiarity; each '
-             "check's own AUC is shown beside it ('-': the checkpoint lists no training "
-             'instructions).' if result.get('familiarity') else
+             "check's own AUC is shown beside it." if result.get('familiarity') else
              'The score is the V-L score alone: the checkpoint lists no training instructions.',
              '', '| split | AUC | AUC V-L alone | AUC familiarity alone | true flagged | '
              'ungrounded passed | ' + ' | '.join(f'AUC {k}' for k in KINDS) + ' |',
@@ -293,8 +292,7 @@ def plot_scores(result: dict[str, Any], path: Path) -> None:
     splits = [s for s in result['test'] if s != 'all']
     fig, axes = plt.subplots(1, len(splits), figsize=(3.2 * len(splits), 3), sharey=True)
     axes = np.atleast_1d(axes)
-    scores = [r['score'] for r in rows]
-    bins = np.linspace(min(-1.0, min(scores)), 1, 41)
+    bins = np.linspace(min(-1.0, *(r['score'] for r in rows)), 1, 41)
     for ax, split in zip(axes, splits, strict=True):
         for kind, colour in (('true', 'tab:green'), ('absent_object', 'tab:red'),
                              ('impossible', 'tab:orange'), ('non_manipulation', 'tab:purple'),

@@ -19,6 +19,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from vla_align.evaluation.grounding import checkpoint_grounding, grounding_score
 from vla_align.model.chunking import DEFAULT_EXECUTION, ChunkExecution, ChunkRunner
 from vla_align.paths import share_path
 from vla_align.ros.params import StartupError
@@ -120,7 +121,6 @@ class PolicySource:
         alignment = None if alignment is None else float(alignment)
         grounding = None
         if alignment is not None and self.grounding is not None:
-            from vla_align.evaluation.grounding import grounding_score
             grounding = grounding_score(alignment, self._familiarity, self.grounding)
         return SourceStep(action=np.asarray(out.action, dtype=np.float32),
                           alignment=alignment, grounding=grounding)
@@ -231,8 +231,6 @@ def load_policy_source(kind: str, checkpoint: str = '', device: str = 'auto',
 def calibration_of(checkpoint: Path) -> Optional[dict]:
     """The checkpoint's grounding calibration; None when it has none or it is unreadable (the
     node's deployment checks log why)."""
-    from vla_align.evaluation.grounding import checkpoint_grounding
-
     try:
         return checkpoint_grounding(checkpoint)
     except (OSError, ValueError):
