@@ -167,27 +167,29 @@ def test_sigterm_and_ctrl_c_shut_every_node_down_cleanly(ros_environment, tmp_pa
         assert 'stopping' in text and 'Traceback' not in text, (name, signum, text)
 
 
-def test_a_stop_signal_during_construction_is_raised_once_the_object_is_whole():
-    """SIGTERM just after start-up must not cut the executor's constructor short (CI saw it)."""
+def test_a_first_stop_signal_only_asks_the_spin_loop_to_stop_and_a_second_interrupts():
+    """A first SIGTERM must not raise inside whatever runs (an rclpy constructor, a pybind11
+    conversion: CI saw both turn into tracebacks); the loop stops at its next turn. A node
+    that does not return must still stop on a second signal."""
     import os
 
     from vla_align.ros.runner import _StopSignals
 
     stop_signals = _StopSignals()
     previous = signal.signal(signal.SIGTERM, stop_signals)
-    built = []
+    reached = []
     try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here, in the main thread, and must not raise
+        reached.append('after the first signal')
+        assert stop_signals.requested == signal.SIGTERM
         with pytest.raises(KeyboardInterrupt, match='signal 15'):
-            with stop_signals.deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # the handler runs here, in the main thread
-                built.append('whole')
-        with pytest.raises(KeyboardInterrupt):  # outside the block it interrupts at once
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(1)
+            reached.append('after the second signal')
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert built == ['whole']
+    assert reached == ['after the first signal']
 
 
 def test_stop_time_is_when_servo_would_halt():

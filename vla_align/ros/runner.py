@@ -1,8 +1,7 @@
 """The ``main()`` shared by every node: init, spin, clean shutdown, clear start-up errors."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-import contextlib
+from collections.abc import Callable, Sequence
 import signal
 from typing import Optional
 
@@ -18,41 +17,32 @@ SPIN_PERIOD_S = 0.2
 
 
 class _StopSignals:
-    """SIGINT/SIGTERM handler that raises ``KeyboardInterrupt``, except inside ``deferred()``.
+    """SIGINT/SIGTERM handler: the first signal asks the spin loop to stop, a second one
+    interrupts at once.
 
-    Inside ``deferred()`` a signal is remembered and raised when the block ends, so it cannot
-    cut an object's ``__init__`` short: an rclpy executor interrupted half-way through its
-    constructor lacks the attributes its ``__del__`` reads, and prints a traceback when
-    collected. (Masking the signal would not do: rclpy's DDS threads still receive it.)
+    The first signal only sets ``requested``; the loop in ``run_node`` sees it within
+    ``SPIN_PERIOD_S`` and the node is destroyed from a known point. Raising from the handler
+    instead would interrupt whatever the main thread was doing, and an exception raised inside
+    rclpy's C++ bindings (an executor's constructor, a pybind11 argument conversion) surfaces as
+    another error with a traceback, not as ``KeyboardInterrupt`` (CI saw both). A second signal
+    raises ``KeyboardInterrupt``, so a node stuck in a long callback or a slow start-up still
+    stops when asked twice (``ros2 launch`` escalates SIGINT to SIGTERM).
     """
 
     def __init__(self) -> None:
-        self._deferring = False
-        self._pending: Optional[int] = None
+        self.requested: Optional[int] = None
 
     def __call__(self, signum: int, frame: object) -> None:
-        if self._deferring:
-            self._pending = signum
-            return
-        raise KeyboardInterrupt(f'signal {signum}')
-
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        self._deferring = True
-        try:
-            yield
-        finally:
-            self._deferring = False
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            raise KeyboardInterrupt(f'signal {pending}')
+        if self.requested is not None:
+            raise KeyboardInterrupt(f'signal {signum}')
+        self.requested = signum
 
 
 def run_node(make_node: Callable[[], Node], name: str,
              args: Optional[Sequence[str]] = None) -> int:
     """Spin the node built by ``make_node`` until Ctrl-C / SIGTERM / shutdown.
 
-    SIGINT and SIGTERM become ``KeyboardInterrupt`` in Python (rclpy's own handlers are not
+    SIGINT and SIGTERM are handled in Python (``_StopSignals``; rclpy's own handlers are not
     installed), so the context is still valid when the node is destroyed: its ``destroy_node``
     can log a summary and release devices cleanly. Both handlers are installed explicitly: a
     process started from a background job of a non-interactive shell (CI, ``nohup ... &``)
@@ -68,11 +58,10 @@ def run_node(make_node: Callable[[], Node], name: str,
     node: Optional[Node] = None
     executor: Optional[SingleThreadedExecutor] = None
     try:
-        with stop_signals.deferred():
-            executor = SingleThreadedExecutor()
+        executor = SingleThreadedExecutor()
         node = make_node()
         executor.add_node(node)
-        while rclpy.ok():
+        while rclpy.ok() and stop_signals.requested is None:
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     except StartupError as exc:
         rclpy.logging.get_logger(name).fatal(str(exc))
