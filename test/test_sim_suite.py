@@ -24,7 +24,8 @@ def suite():
 
 def test_default_suite_has_every_family_and_split(suite):
     assert suite.families == TASK_FAMILIES
-    assert suite.splits == SPLITS
+    assert suite.eval_splits == SPLITS
+    assert suite.splits == SPLITS + ('cluttered',)
     assert suite.path == share_path('sim', 'task_suites', 'default.yaml')
 
 
@@ -37,8 +38,8 @@ def test_seed_ranges_never_overlap(suite):
         for other, (o_low, o_high) in [(k, v) for k, v in seen.items()]:
             assert high <= o_low or low >= o_high, f'{split}/{purpose} overlaps {other}'
         seen[f'{split}/{purpose}'] = (low, high)
-    train = set(suite.seeds('seen', 'train', 500))
-    for split in suite.splits:
+    train = set(suite.seeds('seen', 'train', 500)) | set(suite.seeds('cluttered', 'train', 500))
+    for split in suite.eval_splits:
         assert not train & set(suite.seeds(split, 'eval', 500))
         assert not train & set(suite.seeds(split, 'val', 500))
 
@@ -54,8 +55,23 @@ def test_seeds_are_batched_and_bounded(suite):
         suite.seeds('seen', 'eval', 10**9)
 
 
+def test_the_cluttered_training_split_randomises_what_shift_and_crowded_evaluate(suite):
+    """Training data for crowded, jittered scenes: six distractors under the shift split's
+    jitter, the seen wording, and seeds no evaluation ever draws (it has no eval seeds)."""
+    from vla_align.evaluation.sim_eval import EvalPlan
+
+    seeds = suite.seeds('cluttered', 'train', 40)
+    tasks = [suite.sample_task('pick', 'cluttered', seed) for seed in seeds]
+    assert {t.num_distractors for t in tasks} == {6}
+    assert all(t.shift == suite.split('shift').shift and t.shift for t in tasks)
+    assert {t.instruction for t in tasks} <= seen_instructions(suite)
+    with pytest.raises(ValueError, match="no 'eval' seeds"):
+        suite.seeds('cluttered', 'eval', 1)
+    assert 'cluttered' not in EvalPlan.make(suite, None, ['reach'], 1).splits
+
+
 def test_sample_task_is_deterministic_and_varied(suite):
-    for family, split in itertools.product(suite.families, suite.splits):
+    for family, split in itertools.product(suite.families, suite.eval_splits):
         seeds = suite.seeds(split, 'eval', 30)
         tasks = [suite.sample_task(family, split, s) for s in seeds]
         assert tasks == [suite.sample_task(family, split, s) for s in seeds]

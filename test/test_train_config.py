@@ -12,7 +12,17 @@ DEFAULT = share_path('config', 'train_default.yaml')
 def test_default_training_config_loads_the_default_model():
     config = TrainConfig.from_file(DEFAULT)
     assert config.model == PolicyConfig()
-    assert config.data.splits == ('seen',) and config.optim.max_minutes == 40
+    assert config.optim.max_minutes == 40
+
+
+def test_default_training_splits_are_the_suites_training_splits():
+    """Training never reads an evaluation split's episodes: exactly the splits with train seeds."""
+    from vla_align.sim.suite import load_suite
+
+    suite = load_suite()
+    with_train_seeds = tuple(n for n in suite.splits if 'train' in suite.split(n).seeds)
+    assert TrainConfig.from_file(DEFAULT).data.splits == with_train_seeds == ('seen', 'cluttered')
+    assert TrainConfig().data.splits == with_train_seeds
 
 
 def test_overrides_reach_every_section():

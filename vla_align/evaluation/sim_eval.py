@@ -390,8 +390,8 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
     """Evaluate ``policy`` closed-loop on ``episodes`` seeded eval episodes per split x family.
 
     ``policy`` is a checkpoint folder or a picklable zero-argument factory of an ``Agent``
-    (e.g. ``ZeroAgent``). ``splits``/``families`` default to all of the suite's. With ``out``,
-    writes report.json, report.md, figures and failure bags there (``keep_failures`` at most);
+    (e.g. ``ZeroAgent``). ``splits`` default to the suite's evaluation splits (those with eval
+    seeds), ``families`` to all of its. With ``out``, writes report.json, report.md, figures and failure bags there (``keep_failures`` at most);
     without it, only returns the report. ``env_config`` (camera, step budget) defaults to
     ``EnvConfig()``, the configuration demonstrations are collected with. ``execution`` says
     how a checkpoint with action chunks executes them (`vla_align.model.chunking`).
@@ -461,7 +461,7 @@ class EvalPlan:
     @classmethod
     def make(cls, suite: TaskSuite, splits: Optional[Sequence[str]],
              families: Optional[Sequence[str]], episodes: int) -> EvalPlan:
-        splits = tuple(dict.fromkeys(splits or suite.splits))
+        splits = tuple(dict.fromkeys(splits or suite.eval_splits))
         families = tuple(dict.fromkeys(families or suite.families))
         bad_splits = [s for s in splits if s not in suite.splits]
         if bad_splits:

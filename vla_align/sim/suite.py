@@ -69,6 +69,12 @@ class TaskSuite:
         return tuple(self.split_configs)
 
     @property
+    def eval_splits(self) -> tuple[str, ...]:
+        """The splits an evaluation runs by default: those with 'eval' seeds (a split made only
+        to collect training data has none)."""
+        return tuple(name for name, config in self.split_configs.items() if 'eval' in config.seeds)
+
+    @property
     def families(self) -> tuple[str, ...]:
         present = set(self.templates)
         for split in self.split_configs.values():
@@ -121,7 +127,8 @@ class TaskSuite:
             raise ValueError(f'purpose must be one of {PURPOSES}, got {purpose!r}')
         if purpose not in config.seeds:
             raise ValueError(f'split {split!r} has no {purpose!r} seeds (it has '
-                             f'{sorted(config.seeds)}); only seen is meant for training')
+                             f'{sorted(config.seeds)}); the splits with train seeds are '
+                             f'{[n for n, c in self.split_configs.items() if "train" in c.seeds]}')
         if count < 0 or start < 0:
             raise ValueError(f'count and start must be >= 0, got count={count}, start={start}')
         low, high = config.seeds[purpose]

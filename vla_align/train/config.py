@@ -28,7 +28,8 @@ class DataConfig:
     paths: tuple[str, ...] = ()  # bag files or folders of bags
     cache_dir: str = field(default_factory=default_cache_dir)
     val_fraction: float = 0.1
-    splits: Optional[tuple[str, ...]] = ('seen',)  # None = every split in the data
+    #: The suite's training splits (those with train seeds); None = every split in the data.
+    splits: Optional[tuple[str, ...]] = ('seen', 'cluttered')
     families: Optional[tuple[str, ...]] = None  # None = every task family
     only_successful: bool = True
     #: The topic contract the bags are read through (a file, or a name in config/contracts/);
