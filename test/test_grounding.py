@@ -5,13 +5,17 @@ import pytest
 from vla_align.evaluation.grounding import (
     KINDS,
     absent_object_requests,
-    apply_calibration,
     auc,
     calibrate,
-    familiarity_block,
-    grounding_score,
     judge,
     ungrounded_requests,
+)
+from vla_align.evaluation.grounding_score import (
+    apply_calibration,
+    check_block,
+    colour_variants,
+    contrast_direction,
+    grounding_score,
 )
 from vla_align.sim.suite import load_suite
 
@@ -79,7 +83,7 @@ def test_a_request_is_flagged_when_either_check_fails():
                 + kind('absent_object', -0.3, 0.8))
 
     calibration = scenes(1000)
-    block = familiarity_block(calibration)
+    block = check_block(calibration, 'familiarity')
     apply_calibration(calibration, {'familiarity': block})
     threshold = calibrate(calibration)
     test = scenes(500, 'crowded')
@@ -97,11 +101,62 @@ def test_a_request_is_flagged_when_either_check_fails():
 
 def test_without_training_instructions_the_score_is_the_vl_score():
     rows_ = [scored('true', 0.3, None), scored('nonsense', 0.1, None)]
-    assert familiarity_block(rows_) is None
+    assert check_block(rows_, 'familiarity') is None
     apply_calibration(rows_, {'familiarity': None})
     assert [r['score'] for r in rows_] == [0.3, 0.1]
-    assert grounding_score(0.3, 0.9, None) == 0.3
+    assert grounding_score(0.3, None, familiarity=0.9, contrast=-5.0) == 0.3
     assert judge(rows_, 0.2)['seen']['auc_familiarity'] is None
+
+
+def test_a_low_colour_contrast_flags_a_request_the_vl_score_passes():
+    """An absent colour can have a raw V-L score like a true instruction's (a scene offset);
+    its colour contrast is low, and with a contrast block the joined score flags it. A check
+    the calibration has no block for changes nothing (older grounding.json files)."""
+    rng = np.random.default_rng(5)
+    true = [{'split': 'seen', 'kind': 'true', 'vl': v, 'familiarity': 0.9, 'contrast': c}
+            for v, c in zip(rng.normal(0.3, 0.1, 1000), rng.normal(0.2, 0.05, 1000),
+                            strict=True)]
+    absent = [{'split': 'seen', 'kind': 'absent_object', 'vl': v, 'familiarity': 0.9,
+               'contrast': c} for v, c in zip(rng.normal(0.3, 0.1, 1000),
+                                              rng.normal(-0.1, 0.05, 1000), strict=True)]
+    blocks = {'familiarity': check_block(true, 'familiarity'),
+              'contrast': check_block(true, 'contrast')}
+    apply_calibration(true + absent, blocks)
+    threshold = calibrate(true)
+    verdict = judge(true + absent, threshold)['seen']
+    assert verdict['auc_vl'] < 0.6 and verdict['auc_contrast'] > 0.99 and verdict['auc'] > 0.99
+    assert verdict['per_kind']['absent_object']['passed'] < 0.01
+    assert grounding_score(0.3, {'familiarity': blocks['familiarity']}, 0.9, -1.0) == \
+        grounding_score(0.3, {'familiarity': blocks['familiarity']}, 0.9, None)
+    no_colour = {**absent[0], 'contrast': None}  # chat names no colour: judged without it
+    apply_calibration([no_colour], blocks)
+    assert no_colour['score'] == grounding_score(no_colour['vl'], blocks, 0.9)
+
+
+def test_colour_variants_swap_each_colour_phrase_at_its_synonym_position():
+    colours = {'red': ['red', 'crimson'], 'green': ['green', 'emerald'], 'blue': ['blue']}
+    assert sorted(colour_variants('pick up the red block', colours)) == [
+        'pick up the blue block', 'pick up the green block']
+    assert sorted(colour_variants('grab the Crimson block', colours)) == [
+        'grab the blue block', 'grab the emerald block']  # blue has no synonym: its canonical
+    two = colour_variants('put the red block in the green bowl', colours)
+    assert len(two) == 4 and 'put the red block in the red bowl' in two
+    assert colour_variants('what time is it', colours) == []
+    assert colour_variants('the redder one', colours) == []  # whole words only
+
+
+def test_contrast_direction_scores_a_frame_by_one_dot_product(familiar_policy):
+    colours = {'red': ['red'], 'green': ['green'], 'blue': ['blue']}
+    text = 'pick up the red block'
+    direction = contrast_direction(familiar_policy, text, colours)
+    image = np.random.default_rng(6).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    state = np.array([0.4, 0.0, 0.3, 0.0, 0.0, 0.0, 1.0, 0.0], np.float32)
+    step = familiar_policy.step(image, text, state)
+    swapped = familiar_policy.step_batch(np.stack([image, image]), [
+        'pick up the green block', 'pick up the blue block'], np.stack([state, state]))
+    expected = step.alignment - np.mean([s.alignment for s in swapped])
+    assert float(step.vision_embedding @ direction) == pytest.approx(expected, abs=1e-5)
+    assert contrast_direction(familiar_policy, 'tell me a joke', colours) is None
 
 
 @pytest.fixture(scope='module')

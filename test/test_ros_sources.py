@@ -73,6 +73,48 @@ def test_a_calibrated_source_judges_the_instruction_as_well_as_the_scene():
     assert uncalibrated.step(image, 'tell me a joke', None).grounding is None
 
 
+class SceneOfRedPolicy(FamiliarPolicy):
+    """Sees a frame whose vision embedding matches 'red' and not 'green' or 'blue'."""
+
+    EMBEDDING = {'red': [1.0, 0.0], 'green': [0.0, 1.0], 'blue': [0.0, -1.0]}
+
+    def __init__(self):
+        super().__init__()
+        self.language_passes = 0
+
+    def language_embeddings(self, texts):
+        self.language_passes += 1
+        return np.array([next(v for k, v in self.EMBEDDING.items() if k in t) for t in texts],
+                        np.float32)
+
+    def step(self, image, instruction, state=None):
+        out = super().step(image, instruction, state)
+        out.vision_embedding = np.array([0.5, 0.0], np.float32)
+        return out
+
+
+def test_a_calibrated_source_flags_a_colour_that_is_not_in_the_frame():
+    """With a contrast block the score also compares the request with its colours swapped:
+    'green' scores 0.5 below 'red' in this frame and is flagged although its raw V-L score
+    and its familiarity are those of the red request. The swapped requests are encoded once
+    per instruction, not per step."""
+    calibration = {'threshold': 0.0,
+                   'familiarity': {'vl_anchor': 0.0, 'anchor': 0.5, 'scale': 1.0},
+                   'contrast': {'vl_anchor': 0.0, 'anchor': 0.0, 'scale': 1.0},
+                   'colours': {'red': ['red'], 'green': ['green'], 'blue': ['blue']}}
+    policy = SceneOfRedPolicy()
+    source = PolicySource(policy, grounding=calibration)
+    image = np.zeros((4, 4, 3), np.uint8)
+    source.encode_instruction('pick the red block')
+    red = [source.step(image, 'pick the red block', None) for _ in range(3)][-1]
+    assert policy.language_passes == 1
+    assert red.grounding == pytest.approx(0.25)  # contrast 0.5 - mean(0, 0) above V-L 0.25
+    source.encode_instruction('pick the green block')
+    green = source.step(image, 'pick the green block', None)
+    assert green.alignment == pytest.approx(0.25)
+    assert green.grounding == pytest.approx(0.0 - 0.25)  # 0 - mean(0.5, 0) = -0.25
+
+
 def test_expert_relay_returns_only_fresh_suggestions():
     relay = ExpertRelaySource(max_age_s=0.5)
     image = np.zeros((4, 4, 3), np.uint8)

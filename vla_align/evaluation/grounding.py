@@ -10,14 +10,12 @@ project builds itself (``ungrounded_requests``):
 * ``non_manipulation`` -- questions and chat ("what time is it");
 * ``nonsense`` -- random syllables.
 
-**The score** joins two checks, because the V-L score alone cannot tell chat or nonsense from
-an instruction (it was never trained on them): the V-L cosine of the frame with the request
-(does the scene hold what it names?) and the request's *familiarity*, its sentence embedding's
-cosine to the nearest training instruction (`Policy.instruction_familiarity`: is it a task of
-the kind the policy learnt?). ``grounding_score`` maps familiarity into V-L units (anchored at
-each score's 1st percentile of true instructions, scaled by their spreads) and takes the
-smaller, so a request is flagged when either check fails. Checkpoints that list no training
-instructions are judged by the V-L score alone.
+**The score** (`vla_align.evaluation.grounding_score`) joins three checks: the V-L cosine of
+the frame with the request, the request's *familiarity* (is it a task of the kind the policy
+learnt?) and its *colour contrast* (does it match the frame better than the same request with
+its colours swapped?). Each extra check is mapped onto V-L units on the calibration scenes and
+the smallest is the score, so a request is flagged when any check fails. Checkpoints that list
+no training instructions are judged without familiarity.
 
 **Calibration**: the threshold is the 2nd percentile of the true instructions' scores on
 *calibration* scenes (the validation seeds of each split); it is then judged on disjoint
@@ -37,8 +35,16 @@ from typing import Any, Optional
 
 import numpy as np
 
+from vla_align.evaluation.grounding_score import (
+    FLAG_TARGET,
+    MAPPED_CHECKS,
+    apply_calibration,
+    check_block,
+    colour_contrast,
+    contrast_direction,
+)
+
 GROUNDING_FILE = 'grounding.json'
-FLAG_TARGET = 0.02  # at most this share of true instructions flagged
 AUC_TARGET = 0.97
 IMPOSSIBLE = ('fly to the kitchen', 'make me a cup of coffee', 'open the fridge door',
               'drive the car to the station', 'fold the laundry', 'water the plants',
@@ -119,9 +125,17 @@ def build_scenes(split: str, purpose: str, count: int, seed: int = 0) -> list[Sc
     return scenes
 
 
-def score_scenes(policy: Any, scenes: list[Scene]) -> list[dict[str, Any]]:
-    """The V-L score (``vl``) and familiarity of each scene's true instruction and of its
-    ungrounded requests; ``score`` is filled in by `apply_calibration`."""
+def suite_colours() -> dict[str, list[str]]:
+    """The default suite's colour phrases (canonical first), the table colour contrast swaps."""
+    from vla_align.sim.suite import load_suite
+
+    return {colour: list(phrases) for colour, phrases in load_suite().vocabulary.colours.items()}
+
+
+def score_scenes(policy: Any, scenes: list[Scene],
+                 colours: Optional[dict[str, list[str]]] = None) -> list[dict[str, Any]]:
+    """The V-L score (``vl``), familiarity and colour contrast of each scene's true instruction
+    and of its ungrounded requests; ``score`` is filled in by `apply_calibration`."""
     rows = []
     for scene in scenes:
         texts = [scene.instruction] + [t for kind in KINDS for t in scene.ungrounded[kind]]
@@ -131,39 +145,10 @@ def score_scenes(policy: Any, scenes: list[Scene]) -> list[dict[str, Any]]:
         for kind, text, step in zip(kinds, texts, steps, strict=True):
             rows.append({'split': scene.split, 'seed': scene.seed, 'family': scene.family,
                          'kind': kind, 'text': text, 'vl': float(step.alignment),
-                         'familiarity': policy.instruction_familiarity(text)})
+                         'familiarity': policy.instruction_familiarity(text),
+                         'contrast': colour_contrast(step.vision_embedding, contrast_direction(
+                             policy, text, colours))})
     return rows
-
-
-def grounding_score(alignment: float, familiarity: Optional[float],
-                    calibration: Optional[dict[str, Any]]) -> float:
-    """The grounding score in V-L units (module docstring): the V-L score, or the familiarity
-    mapped onto it by the calibration's ``familiarity`` block when that is smaller."""
-    block = (calibration or {}).get('familiarity')
-    if familiarity is None or not block:
-        return alignment
-    mapped = block['vl_anchor'] + (familiarity - block['anchor']) * block['scale']
-    return min(alignment, mapped)
-
-
-def familiarity_block(rows: list[dict[str, Any]], quantile: float = FLAG_TARGET / 2
-                      ) -> Optional[dict[str, float]]:
-    """How familiarity maps onto V-L units: each score's ``quantile`` over the true
-    instructions as anchors, the ratio of their spreads as scale; None without familiarity."""
-    true = [r for r in rows if r['kind'] == 'true']
-    if not true or any(r['familiarity'] is None for r in true):
-        return None
-    vl = np.array([r['vl'] for r in true])
-    familiar = np.array([r['familiarity'] for r in true])
-    return {'vl_anchor': float(np.quantile(vl, quantile)),
-            'anchor': float(np.quantile(familiar, quantile)),
-            'scale': float(vl.std() / max(familiar.std(), 1e-6))}
-
-
-def apply_calibration(rows: list[dict[str, Any]], calibration: Optional[dict[str, Any]]) -> None:
-    """Fill each row's ``score`` (`grounding_score`) in place."""
-    for row in rows:
-        row['score'] = grounding_score(row['vl'], row['familiarity'], calibration)
 
 
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -182,8 +167,10 @@ def calibrate(rows: list[dict[str, Any]], quantile: float = FLAG_TARGET) -> floa
 
 
 def check_auc(rows: list[dict[str, Any]], key: str) -> Optional[float]:
-    """The AUC of one check alone (``vl`` or ``familiarity``); None where rows lack it."""
-    if any(r.get(key) is None for r in rows):
+    """The AUC of one check alone (``vl``, ``familiarity`` or ``contrast``) over the rows that
+    have it; None where no true instruction or no ungrounded request has it."""
+    rows = [r for r in rows if r.get(key) is not None]
+    if not any(r['kind'] == 'true' for r in rows) or all(r['kind'] == 'true' for r in rows):
         return None
     return auc(np.array([r[key] for r in rows if r['kind'] == 'true']),
                np.array([r[key] for r in rows if r['kind'] != 'true']))
@@ -191,7 +178,7 @@ def check_auc(rows: list[dict[str, Any]], key: str) -> Optional[float]:
 
 def judge(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     """Per split (and pooled): AUC, true instructions flagged, ungrounded passed per kind;
-    also the AUC of each check alone (``auc_vl``, ``auc_familiarity``)."""
+    also the AUC of each check alone (``auc_vl``, ``auc_familiarity``, ``auc_contrast``)."""
     out: dict[str, Any] = {}
     for split in [*sorted({r['split'] for r in rows}), 'all']:
         part = [r for r in rows if split == 'all' or r['split'] == split]
@@ -201,6 +188,7 @@ def judge(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
             'true_instructions': len(true), 'ungrounded_requests': len(bad),
             'auc': auc(true, bad), 'auc_vl': check_auc(part, 'vl'),
             'auc_familiarity': check_auc(part, 'familiarity'),
+            'auc_contrast': check_auc(part, 'contrast'),
             'true_flagged': float(np.mean(true < threshold)) if len(true) else float('nan'),
             'ungrounded_passed': float(np.mean(bad >= threshold)) if len(bad) else float('nan'),
             'true_mean': float(true.mean()) if len(true) else float('nan'),
@@ -220,18 +208,21 @@ def evaluate_grounding(policy: Any, scenes_per_split: int = 100,
     from tqdm import tqdm
 
     calibration, test = [], []
+    colours = suite_colours()
     for split in tqdm(splits, desc='grounding', unit='split', disable=not progress):
-        calibration += score_scenes(policy, build_scenes(split, 'val', scenes_per_split))
-        test += score_scenes(policy, build_scenes(split, 'eval', scenes_per_split))
-    familiarity = familiarity_block(calibration)
-    apply_calibration(calibration, {'familiarity': familiarity})
-    apply_calibration(test, {'familiarity': familiarity})
+        calibration += score_scenes(policy, build_scenes(split, 'val', scenes_per_split),
+                                    colours)
+        test += score_scenes(policy, build_scenes(split, 'eval', scenes_per_split), colours)
+    blocks = {'familiarity': check_block(calibration, 'familiarity'),
+              'contrast': check_block(calibration, 'contrast')}
+    apply_calibration(calibration, blocks)
+    apply_calibration(test, blocks)
     threshold = calibrate(calibration)
     result = judge(test, threshold)
     pooled = result['all']
     meets = bool(pooled['true_flagged'] <= FLAG_TARGET
                  and all(v['auc'] >= AUC_TARGET for k, v in result.items()))
-    return {'threshold': threshold, 'familiarity': familiarity, 'meets_targets': meets,
+    return {'threshold': threshold, **blocks, 'colours': colours, 'meets_targets': meets,
             'targets': {'true_flagged_max': FLAG_TARGET, 'auc_min': AUC_TARGET},
             'calibration': {'scenes_per_split': scenes_per_split, 'splits': list(splits),
                             'purpose': 'val', 'quantile': FLAG_TARGET},
@@ -262,12 +253,13 @@ def write_report(result: dict[str, Any], out: Path, checkpoint: str) -> None:
              f"on as many evaluation scenes per split. Targets: at most "
              f"{FLAG_TARGET:.0%} of true instructions flagged, AUC >= {AUC_TARGET}. "
              f"**{'Met' if result['meets_targets'] else 'Not met'}.**", '',
-             'The score is the smaller of the V-L score and the mapped familiarity; each '
-             "check's own AUC is shown beside it." if result.get('familiarity') else
-             'The score is the V-L score alone: the checkpoint lists no training instructions.',
-             '', '| split | AUC | AUC V-L alone | AUC familiarity alone | true flagged | '
-             'ungrounded passed | ' + ' | '.join(f'AUC {k}' for k in KINDS) + ' |',
-             '|---|---|---|---|---|---|' + '---|' * len(KINDS)]
+             'The score is the smallest of the V-L score and the mapped checks '
+             f"({', '.join(k for k in MAPPED_CHECKS if result.get(k)) or 'none'}); each "
+             "check's own AUC is shown beside it (colour contrast over the requests that name a "
+             'colour).', '', '| split | AUC | AUC V-L alone | AUC familiarity alone | '
+             'AUC contrast alone | true flagged | ungrounded passed | '
+             + ' | '.join(f'AUC {k}' for k in KINDS) + ' |',
+             '|---|---|---|---|---|---|---|' + '---|' * len(KINDS)]
 
     def number(value: Optional[float]) -> str:
         return '-' if value is None else f'{value:.3f}'
@@ -276,7 +268,8 @@ def write_report(result: dict[str, Any], out: Path, checkpoint: str) -> None:
         kinds = ' | '.join(f"{v['per_kind'][k]['auc']:.3f}" if k in v['per_kind'] else '-'
                            for k in KINDS)
         lines.append(f"| {split} | {v['auc']:.3f} | {number(v.get('auc_vl'))} | "
-                     f"{number(v.get('auc_familiarity'))} | {v['true_flagged']:.1%} | "
+                     f"{number(v.get('auc_familiarity'))} | {number(v.get('auc_contrast'))} | "
+                     f"{v['true_flagged']:.1%} | "
                      f"{v['ungrounded_passed']:.1%} | {kinds} |")
     lines += ['', '![scores](scores.png)', '']
     (out / 'report.md').write_text('\n'.join(lines))
@@ -338,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args.out / 'report.md'}")
     if args.write_checkpoint:
         summary = {'threshold': result['threshold'], 'familiarity': result['familiarity'],
+                   'contrast': result['contrast'], 'colours': result['colours'],
                    'meets_targets': result['meets_targets'],
                    'targets': result['targets'], 'calibration': result['calibration'],
                    'test': result['test']}

@@ -63,10 +63,7 @@ def render_measured(sim: dict[str, Any], grounding: Optional[dict[str, Any]]) ->
                   f"ungrounded requests (target ≥ 0.97), {t['all']['true_flagged']:.1%} of "
                   f"true instructions flagged (target ≤ 2 %), "
                   f"{t['all']['ungrounded_passed']:.1%} of ungrounded requests passing"
-                  + (f" (each check alone: V-L AUC {t['all']['auc_vl']:.3f}, familiarity AUC "
-                     f"{t['all']['auc_familiarity']:.3f})"
-                     if t['all'].get('auc_vl') is not None
-                     and t['all'].get('auc_familiarity') is not None else '')
+                  + _check_aucs(t['all'])
                   + '. Per split: ' + ', '.join(f"{s} {v['auc']:.2f}" for s, v in t.items()
                                              if s != 'all') + '. Targets '
                   + ('met.' if grounding['meets_targets'] else
@@ -102,3 +99,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"updated {args.checkpoint / 'MODEL_CARD.md'}")
     return 0
+
+
+def _check_aucs(pooled: dict) -> str:
+    """' (each check alone: V-L AUC 0.692, ...)' for the checks the report has."""
+    names = (('auc_vl', 'V-L'), ('auc_familiarity', 'familiarity'),
+             ('auc_contrast', 'colour contrast'))
+    parts = [f'{label} AUC {pooled[key]:.3f}' for key, label in names
+             if pooled.get(key) is not None]
+    return f" (each check alone: {', '.join(parts)})" if parts else ''

@@ -53,6 +53,9 @@ class PolicyStep:
     #: (K, 7) float32: the whole predicted chunk, de-normalised, gripper as P(closed);
     #: row 0 is ``action`` before snapping. `ChunkRunner` executes the rest.
     chunk: Optional[np.ndarray] = None
+    #: (A,) float32 unit vision embedding of the frame in the shared space; ``alignment`` is
+    #: its dot product with the instruction's (the grounding checks reuse it).
+    vision_embedding: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -140,13 +143,15 @@ class Policy:
             arm = out.arm.float().cpu().numpy()  # (B, K, 6) normalised
             prob = out.gripper_prob.float().cpu().numpy()  # (B, K)
             alignment = out.alignment.float().cpu().numpy()  # (B,)
+            vision = out.vision_embedding.float().cpu().numpy()  # (B, A)
         chunks = np.concatenate([arm, np.zeros((*arm.shape[:2], 1), np.float32)], axis=-1)
         chunks = self.stats.denormalize_actions(chunks).astype(np.float32)
         chunks[..., GRIPPER] = prob
         actions = chunks[:, 0].copy()
         actions[:, GRIPPER] = self.gripper_command(prob[:, 0])
         return [PolicyStep(action=actions[i], alignment=float(alignment[i]),
-                           gripper_prob=float(prob[i, 0]), chunk=chunks[i])
+                           gripper_prob=float(prob[i, 0]), chunk=chunks[i],
+                           vision_embedding=vision[i])
                 for i in range(len(frames))]
 
     def gripper_command(self, prob: np.ndarray | float) -> np.ndarray | float:
@@ -185,6 +190,13 @@ class Policy:
             query = torch.nn.functional.normalize(
                 self.model.encode_text([instruction]).pooled.float(), dim=-1)
             return float((query @ references.T).max())
+
+    def language_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, A) float32 unit embeddings of ``texts`` in the shared V-L-A space."""
+        texts = _check_instructions(texts, len(texts))
+        with torch.inference_mode():
+            pooled = self.model.encode_text(texts).pooled
+            return self.model.align.embed_language(pooled).float().cpu().numpy()
 
     def reference_embeddings(self) -> Optional[torch.Tensor]:
         """(N, E) unit sentence embeddings of the training instructions, encoded on the first

@@ -19,7 +19,12 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from vla_align.evaluation.grounding import checkpoint_grounding, grounding_score
+from vla_align.evaluation.grounding import checkpoint_grounding
+from vla_align.evaluation.grounding_score import (
+    colour_contrast,
+    contrast_direction,
+    grounding_score,
+)
 from vla_align.model.chunking import DEFAULT_EXECUTION, ChunkExecution, ChunkRunner
 from vla_align.paths import share_path
 from vla_align.ros.params import StartupError
@@ -34,7 +39,7 @@ class SourceNotReady(RuntimeError):
 @dataclass(frozen=True)
 class SourceStep:
     """One output: a raw 7-DoF action (unclamped), the V-L alignment and the grounding score
-    the safety gate judges (`vla_align.evaluation.grounding.grounding_score`), None when
+    the safety gate judges (`vla_align.evaluation.grounding_score`), None when
     unknown; a source without a grounding score is judged by its alignment."""
 
     action: np.ndarray
@@ -68,7 +73,8 @@ class PolicySource:
 
     With a checkpoint's grounding calibration (``grounding``, its grounding.json) each step
     also carries the grounding score: the V-L alignment joined with the instruction's
-    familiarity, computed once per instruction.
+    familiarity and its colour contrast in this frame. Familiarity and the contrast direction
+    are computed once per instruction; each step adds one dot product.
     """
 
     def __init__(self, policy: object, control_hz: float = 10.0,
@@ -81,6 +87,7 @@ class PolicySource:
         if self.grounding is not None:
             policy.reference_embeddings()  # encoded now, not when the first instruction comes
         self._familiarity: Optional[float] = None
+        self._contrast_direction: Optional[np.ndarray] = None
         #: The model was trained with proprioception and cannot act without the state vector.
         self.needs_state = bool(getattr(getattr(policy, 'config', None), 'use_proprio', False))
         chunk = getattr(getattr(policy, 'config', None), 'chunk_size', 1)
@@ -94,6 +101,9 @@ class PolicySource:
         self._steps, self._restart = 0, False
         self._familiarity = (None if self.grounding is None
                              else self.policy.instruction_familiarity(text))
+        self._contrast_direction = (
+            contrast_direction(self.policy, text, self.grounding.get('colours'))
+            if self.grounding is not None and self.grounding.get('contrast') else None)
         if self.runner is not None:
             self.runner.encode_instruction(text)
             return
@@ -121,7 +131,9 @@ class PolicySource:
         alignment = None if alignment is None else float(alignment)
         grounding = None
         if alignment is not None and self.grounding is not None:
-            grounding = grounding_score(alignment, self._familiarity, self.grounding)
+            contrast = colour_contrast(getattr(out, 'vision_embedding', None),
+                                       self._contrast_direction)
+            grounding = grounding_score(alignment, self.grounding, self._familiarity, contrast)
         return SourceStep(action=np.asarray(out.action, dtype=np.float32),
                           alignment=alignment, grounding=grounding)
 
