@@ -392,9 +392,10 @@ def evaluate(policy: Union[str, os.PathLike, AgentFactory],
     ``policy`` is a checkpoint folder or a picklable zero-argument factory of an ``Agent``
     (e.g. ``ZeroAgent``). ``splits`` default to the suite's evaluation splits (those with eval
     seeds), ``families`` to all of its. With ``out``, writes report.json, report.md, figures
-    and failure bags there (``keep_failures`` at most); without it, only returns the report. ``env_config`` (camera, step budget) defaults to
-    ``EnvConfig()``, the configuration demonstrations are collected with. ``execution`` says
-    how a checkpoint with action chunks executes them (`vla_align.model.chunking`).
+    and failure bags there (``keep_failures`` at most); without it, only returns the report.
+    ``env_config`` (camera, step budget) defaults to ``EnvConfig()``, the configuration
+    demonstrations are collected with. ``execution`` says how a checkpoint with action chunks
+    executes them (`vla_align.model.chunking`).
     """
     env_config = env_config or EnvConfig()
     factory, checkpoint = _resolve_policy(policy, device, execution)
