@@ -227,3 +227,27 @@ def test_policy_recording_is_matched_to_frames_by_the_action_frame_header(tmp_pa
     np.testing.assert_allclose(recording.latencies_ms, [7.0, 7.0], atol=1e-6)
     with pytest.raises(BagSourceError, match='lacks'):
         read_policy_recording(tmp_path / 'bag', frames)  # a bag without /vla/action_frame
+
+
+def test_a_recording_that_ends_inside_a_decision_keeps_every_complete_one(tmp_path, rng):
+    episode = synthetic_episode(rng, steps=3)
+    write_episode_bag(episode, tmp_path / 'bag')
+    frames = read_bag_frames(tmp_path / 'bag')
+
+    def recording(name: str, decisions: int, extra_actions: int) -> Path:
+        messages = []
+        for k in range(decisions + extra_actions):
+            t = 5_000_000_000 + k * STEP_NS
+            messages.append(('/vla/action', rm.FLOAT32_MULTI_ARRAY, t,
+                             rm.action_msg(np.full(7, 0.1 * (k + 1), np.float32))))
+            if k < decisions:  # the recorder stopped before the last header(s) came
+                messages.append(('/vla/action_frame', HEADER, t + 1,
+                                 rm.header(int(frames.header_stamps_ns[k]), 'cam')))
+        return write_custom_bag(tmp_path / name, messages)
+
+    cut = read_policy_recording(recording('cut', decisions=2, extra_actions=1), frames)
+    assert cut.cut_short == 1 and cut.unmatched == 0
+    np.testing.assert_allclose(cut.actions[:2, 0], [0.1, 0.2], atol=1e-7)
+    assert np.isnan(cut.actions[2]).all()  # the unpaired action is not guessed onto a frame
+    with pytest.raises(BagSourceError, match='3 messages on /vla/action but 1'):
+        read_policy_recording(recording('torn', decisions=1, extra_actions=2), frames)

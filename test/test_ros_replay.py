@@ -57,7 +57,10 @@ def test_live_replay_matches_offline_scoring(tmp_path, ros_environment):
         log.getvalue()[-3000:]
     recorder = next(n for n in graph.nodes if n.name == 'record')
     assert recorder.poll() == 0, log.getvalue()[-3000:]
-    assert 'messages written' in log.getvalue()
+    lines = log.getvalue().splitlines()
+    closed = next(i for i, line in enumerate(lines) if 'messages written' in line)
+    policy_lines = [i for i, line in enumerate(lines) if line.startswith('[policy_node]')]
+    assert policy_lines[-1] < closed, 'the recorder closed its bag before the policy stopped'
 
     frames = read_bag_frames(bag)
     assert frames.images.shape[1:] == (480, 640, 3)
@@ -66,6 +69,7 @@ def test_live_replay_matches_offline_scoring(tmp_path, ros_environment):
     options = EvalBagOptions(gripper_state='policy', latency_samples=0)
     offline = predict_offline(policy, frames, options).actions
     live = read_policy_recording(recording, frames)
+    assert live.cut_short == 0  # stopped after the policy, the recorder has whole decisions
     answered = np.all(np.isfinite(live.actions), axis=1)
     # The node acts on the newest frame: on a loaded machine it may skip one, rarely more.
     assert answered.sum() >= len(frames) - 2, log.getvalue()[-3000:]

@@ -172,6 +172,7 @@ class RecordedPredictions:
     actions: np.ndarray  # (N, 7) float32 per frame of the replayed bag (NaN: no action for it)
     latencies_ms: list[float]  # action received - frame received, where both were recorded
     unmatched: int  # actions whose stamp is no replayed frame's (holds, other sources)
+    cut_short: int = 0  # 1 when the recording stopped between a decision's two messages
 
 
 def read_policy_recording(path: Path, frames: BagFrames,
@@ -185,6 +186,10 @@ def read_policy_recording(path: Path, frames: BagFrames,
     current time and frame_id 'hold'). The k-th action is paired with the k-th header, and its
     frame is the one whose image header stamp equals the header's. Latency is measured when
     the recording also holds the replayed images: action log time - image log time.
+
+    A recorder stopped together with the policy (Ctrl-C on ``ros2 launch``) can end between the
+    two messages of the last decision: one trailing unpaired message is left out and counted in
+    ``cut_short``; any other difference in the counts is an error.
     """
     wanted = {action_topic: rm.FLOAT32_MULTI_ARRAY, frame_topic: HEADER}
     try:
@@ -192,7 +197,11 @@ def read_policy_recording(path: Path, frames: BagFrames,
     except ValueError as exc:
         raise BagSourceError(str(exc)) from None
     actions, headers = messages[action_topic], messages[frame_topic]
-    if len(actions) != len(headers):
+    cut_short = abs(len(actions) - len(headers))
+    if cut_short == 1:
+        paired = min(len(actions), len(headers))
+        actions, headers = actions[:paired], headers[:paired]
+    elif cut_short:
         raise BagSourceError(f'recording {path} has {len(actions)} messages on {action_topic} '
                              f'but {len(headers)} on {frame_topic}; the policy node publishes '
                              f'one of each per decision')
@@ -211,7 +220,8 @@ def read_policy_recording(path: Path, frames: BagFrames,
         out[index] = rm.action_from_msg(action_msg)
         if stamp in image_time:
             latencies.append((action_time - image_time[stamp]) / 1e6)
-    return RecordedPredictions(actions=out, latencies_ms=latencies, unmatched=unmatched)
+    return RecordedPredictions(actions=out, latencies_ms=latencies, unmatched=unmatched,
+                               cut_short=cut_short)
 
 
 def _read_optional(path: Path, types: dict[str, str],

@@ -221,6 +221,8 @@ def evaluate_bags(bags: Sequence[Path], options: EvalBagOptions, policy: Any = N
                 if recorded.unmatched:
                     frames.skipped['policy action not for a replayed frame'] += \
                         recorded.unmatched
+                if recorded.cut_short:
+                    frames.skipped['recording ended inside a decision'] += recorded.cut_short
                 missing = int(np.sum(frames.scorable
                                      & ~np.all(np.isfinite(recorded.actions), axis=1)))
                 if missing:

@@ -108,6 +108,10 @@ class LaunchArgument:
                                    f'{self.type}') from None
 
 
+#: Nodes that write what the others publish into bags.
+RECORDER_EXECUTABLES = frozenset({'record', 'episode_recorder'})
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
@@ -123,6 +127,11 @@ class NodeSpec:
     def executable(self) -> str:
         """The installed executable (setup.py console script) that runs this node."""
         return self.module.rsplit('.', 1)[-1]
+
+    @property
+    def records(self) -> bool:
+        """Whether this node writes bags (the launcher stops it after every other node)."""
+        return self.executable in RECORDER_EXECUTABLES
 
     def command(self, python: str = sys.executable) -> list[str]:
         """The argv that starts this node as its own process."""

@@ -4,8 +4,8 @@ arguments are given as for ``ros2 launch`` (``--show-args`` lists them).
 
 Each node runs as ``python -m <module> --ros-args ...`` (see ``graph_config``); its output is
 forwarded line by line with a ``[node]`` prefix. Ctrl-C or SIGTERM stops the graph: SIGINT to
-every node, up to ``shutdown_timeout_s`` to exit, then SIGKILL. A node that exits on its own
-stops the whole graph (status 1).
+every node (recorders once the others have stopped), up to ``shutdown_timeout_s`` to exit, then
+SIGKILL. A node that exits on its own stops the whole graph (status 1).
 
 ``--episodes N`` watches /vla/episode_status (published by the sim node), prints each finished
 episode and stops the graph after N of them (status 0, whatever the success rate; the rate is
@@ -140,11 +140,21 @@ class GraphRunner:
                                           sink=self.sink, stdin=spec.stdin, new_session=True))
 
     def stop_all(self) -> None:
-        """SIGINT to every node, wait up to shutdown_timeout_s, then SIGKILL the rest."""
-        for node in self.nodes:
+        """SIGINT to every node, then SIGKILL what has not stopped in shutdown_timeout_s.
+
+        Recorders are stopped only after every other node has, so the bag holds all that the
+        producers published: stopped together, a recorder could end between the two messages
+        of the policy's last decision (its action and its action frame).
+        """
+        recorders = {spec.name for spec in self.config.nodes if spec.records}
+        self._stop_together([n for n in self.nodes if n.name not in recorders])
+        self._stop_together([n for n in self.nodes if n.name in recorders])
+
+    def _stop_together(self, nodes: list[NodeProcess]) -> None:
+        for node in nodes:
             node.interrupt()
         deadline = time.monotonic() + self.config.settings.shutdown_timeout_s
-        for node in self.nodes:
+        for node in nodes:
             try:
                 node.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
