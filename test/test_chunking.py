@@ -155,6 +155,36 @@ def test_a_fine_tune_may_change_the_chunk_size_and_keeps_every_other_weight(tmp_
         start_from_checkpoint(checkpoint, config.replace(d_model=64, chunk_size=4))
 
 
+def test_a_fine_tune_may_swap_the_language_model_and_keeps_the_vision_and_action_weights(
+        tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from vla_align.model.language import default_language_model_dir
+
+    narrow = tmp_path / 'narrow_lm'  # another local Hugging Face folder, 48-d instead of 384
+    BertModel(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(narrow)
+    AutoTokenizer.from_pretrained(default_language_model_dir()).save_pretrained(narrow)
+    torch.manual_seed(4)
+    config = PolicyConfig.tiny()
+    save_checkpoint(tmp_path / 'one', VLAModel(config), Policy.from_config(config).stats, {})
+    checkpoint = load_checkpoint(tmp_path / 'one')
+    model, fresh = start_from_checkpoint(checkpoint, config.replace(language_model=str(narrow)))
+    assert model.language.hidden_size == 48 and fresh
+    source = checkpoint.model.trainable_state_dict()
+    for name, value in model.trainable_state_dict().items():
+        if name in fresh:
+            assert value.shape != source[name].shape, name
+        else:
+            assert torch.equal(value, source[name]), name
+    copied = set(model.trainable_state_dict()) - set(fresh)
+    assert any(name.startswith('vision.') for name in copied)
+    assert any(name.startswith('action_head.') for name in copied)
+    step = Policy(model, checkpoint.stats).step(np.zeros((32, 32, 3), np.uint8), 'pick the cube',
+                                                np.r_[0.5, 0.0, 0.2, 0, 0, 0, 1, 0.04])
+    assert np.isfinite(step.action).all()
+
+
 def test_a_fine_tune_may_turn_an_alignment_term_off_and_copies_every_weight(tmp_path):
     torch.manual_seed(3)
     config = PolicyConfig.tiny()

@@ -173,8 +173,10 @@ def read_trainer_state(path: str | Path) -> Optional[dict[str, Any]]:
 #: changes only the output shape of the action head and the input of the action embedding, whose
 #: tensors then start fresh while every other tensor is copied; the loss weights change no
 #: tensor at all (an ablation fine-tunes with an alignment term at zero, for example).
+#: ``language_model`` swaps the text encoder: the layers that read its hidden states start fresh
+#: when its width differs, the vision trunk, fusion and action head are copied.
 LOSS_WEIGHT_FIELDS = frozenset({'alpha_vl', 'beta_va', 'gamma_la', 'bc_weight', 'gripper_weight'})
-TRANSFERABLE_FIELDS = frozenset({'chunk_size'}) | LOSS_WEIGHT_FIELDS
+TRANSFERABLE_FIELDS = frozenset({'chunk_size', 'language_model'}) | LOSS_WEIGHT_FIELDS
 
 
 def start_from_checkpoint(checkpoint: Checkpoint, config: PolicyConfig,

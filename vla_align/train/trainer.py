@@ -44,6 +44,7 @@ from vla_align.evaluation.alignment_metrics import (
     identical_action_ids,
 )
 from vla_align.model.checkpoint import (
+    TRANSFERABLE_FIELDS,
     CheckpointError,
     load_checkpoint,
     read_trainer_state,
@@ -130,8 +131,10 @@ class Trainer:
             self.stats = checkpoint.stats
             self.fresh_tensors = fresh
             if fresh and self.dist.is_main:
+                changed = [name for name in sorted(TRANSFERABLE_FIELDS)
+                           if getattr(config.model, name) != getattr(checkpoint.config, name)]
                 tqdm.write(f'starting from {config.init_from}; {len(fresh)} tensors start fresh '
-                           f'(a changed chunk size): {", ".join(fresh)}')
+                           f'(changed {", ".join(changed)}): {", ".join(fresh)}')
         else:
             torch.manual_seed(config.seed)  # identical initial weights on every rank
             model = VLAModel(config.model)
