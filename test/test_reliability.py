@@ -157,10 +157,10 @@ def test_the_comparison_page_shows_what_the_alignment_buys_beside_success():
     ('INSTRUCTION_AUGMENTATION.md', 'instruction_augmentation',
      ('instruction_augmentation/eval/report.md', 'instruction_augmentation/train_report.md')),
     ('ACTION_CHUNKS.md', 'action_chunks',
-     ('../checkpoints/default/eval/sim/report.md', 'action_chunks/eval_base/report.md',
+     ('action_chunks/eval_chunks/report.md', 'action_chunks/eval_base/report.md',
       'action_chunks/eval_control/report.md', 'action_chunks/eval_ensemble/report.md')),
     ('ALIGNMENT_ABLATION.md', 'alignment_ablation',
-     ('../checkpoints/default/eval/sim/report.md', 'alignment_ablation/eval_off/report.md')),
+     ('action_chunks/eval_chunks/report.md', 'alignment_ablation/eval_off/report.md')),
 ])
 def test_each_committed_comparison_page_is_its_comparison_rendered(page, folder, links):
     from vla_align.evaluation.comparison import render
