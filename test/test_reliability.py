@@ -161,6 +161,9 @@ def test_the_comparison_page_shows_what_the_alignment_buys_beside_success():
       'action_chunks/eval_control/report.md', 'action_chunks/eval_ensemble/report.md')),
     ('ALIGNMENT_ABLATION.md', 'alignment_ablation',
      ('action_chunks/eval_chunks/report.md', 'alignment_ablation/eval_off/report.md')),
+    ('LANGUAGE_MODEL.md', 'language_model',
+     ('../checkpoints/default/eval/sim/report.md', 'language_model/eval_mpnet/report.md',
+      'language_model/train_mpnet/report.md')),
 ])
 def test_each_committed_comparison_page_is_its_comparison_rendered(page, folder, links):
     from vla_align.evaluation.comparison import render
