@@ -135,19 +135,28 @@ def test_the_node_source_places_steps_by_frame_time_or_one_period_apart_in_locks
     assert timed.runner.ensembler.pending == 1
 
 
-def test_a_fine_tune_may_change_the_chunk_size_and_keeps_every_other_weight(tmp_path):
-    torch.manual_seed(2)
+def saved_tiny_checkpoint(path, seed: int):
+    """A tiny model saved to ``path`` and loaded back (the start of a fine-tune)."""
+    torch.manual_seed(seed)
     config = PolicyConfig.tiny()
-    save_checkpoint(tmp_path / 'one', VLAModel(config), Policy.from_config(config).stats, {})
-    checkpoint = load_checkpoint(tmp_path / 'one')
-    model, fresh = start_from_checkpoint(checkpoint, config.replace(chunk_size=4))
-    assert model.config.chunk_size == 4 and fresh
+    save_checkpoint(path, VLAModel(config), Policy.from_config(config).stats, {})
+    return config, load_checkpoint(path)
+
+
+def assert_fresh_only_where_the_shape_changed(model, fresh, checkpoint) -> None:
     source = checkpoint.model.trainable_state_dict()
     for name, value in model.trainable_state_dict().items():
         if name in fresh:
             assert value.shape != source[name].shape, name
         else:
             assert torch.equal(value, source[name]), name
+
+
+def test_a_fine_tune_may_change_the_chunk_size_and_keeps_every_other_weight(tmp_path):
+    config, checkpoint = saved_tiny_checkpoint(tmp_path / 'one', seed=2)
+    model, fresh = start_from_checkpoint(checkpoint, config.replace(chunk_size=4))
+    assert model.config.chunk_size == 4 and fresh
+    assert_fresh_only_where_the_shape_changed(model, fresh, checkpoint)
     assert {name.split('.')[0] for name in fresh} <= {'action_head', 'align'}
     same, none_fresh = start_from_checkpoint(checkpoint, config)
     assert same is checkpoint.model and none_fresh == []
@@ -165,18 +174,10 @@ def test_a_fine_tune_may_swap_the_language_model_and_keeps_the_vision_and_action
     BertModel(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=1,
                          num_attention_heads=2, intermediate_size=64)).save_pretrained(narrow)
     AutoTokenizer.from_pretrained(default_language_model_dir()).save_pretrained(narrow)
-    torch.manual_seed(4)
-    config = PolicyConfig.tiny()
-    save_checkpoint(tmp_path / 'one', VLAModel(config), Policy.from_config(config).stats, {})
-    checkpoint = load_checkpoint(tmp_path / 'one')
+    config, checkpoint = saved_tiny_checkpoint(tmp_path / 'one', seed=4)
     model, fresh = start_from_checkpoint(checkpoint, config.replace(language_model=str(narrow)))
     assert model.language.hidden_size == 48 and fresh
-    source = checkpoint.model.trainable_state_dict()
-    for name, value in model.trainable_state_dict().items():
-        if name in fresh:
-            assert value.shape != source[name].shape, name
-        else:
-            assert torch.equal(value, source[name]), name
+    assert_fresh_only_where_the_shape_changed(model, fresh, checkpoint)
     copied = set(model.trainable_state_dict()) - set(fresh)
     assert any(name.startswith('vision.') for name in copied)
     assert any(name.startswith('action_head.') for name in copied)
